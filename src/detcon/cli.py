@@ -1,0 +1,56 @@
+"""Command-line entry point: ``detcon <command> ...``.
+
+Each command lives in its own module under :mod:`detcon.commands` and exposes
+``add_parser(subparsers)`` (registers its argparse sub-parser and sets ``func``) and the
+function it registers. Modules are imported lazily so ``detcon --help`` stays fast and a
+broken optional dependency of one command does not break the others.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# command name -> module under detcon.commands
+COMMANDS = {
+    "pretrain": "pretrain",
+    "masks": "masks",
+    "show": "show",
+    "eval": "evaluate",
+    "export": "export",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="detcon",
+        description="Efficient self-supervised pretraining with contrastive detection (DetCon).",
+    )
+    from detcon import __version__
+
+    parser.add_argument("--version", action="version", version=f"detcon {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, module in COMMANDS.items():
+        try:
+            mod = importlib.import_module(f"detcon.commands.{module}")
+        except ModuleNotFoundError as err:  # pragma: no cover - only while a command is missing
+            if err.name and err.name.startswith("detcon.commands"):
+                continue
+            raise
+        mod.add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    result = args.func(args)
+    return int(result or 0)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,130 @@
+"""Distributed helpers. Every function is a no-op (or the identity) on one process.
+
+Model and loss code never import :mod:`torch.distributed`; the training step gathers targets
+with :func:`all_gather` and hands them to the pure loss with ``batch_offset = rank() * B``.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+
+def is_dist() -> bool:
+    """True when a process group is initialised and has more than one process."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def rank() -> int:
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def world_size() -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def local_rank() -> int:
+    return int(os.environ.get("LOCAL_RANK", 0))
+
+
+def is_main() -> bool:
+    return rank() == 0
+
+
+def init_from_env(backend: str | None = None, timeout_minutes: int = 30) -> bool:
+    """Initialise the default process group from torchrun's environment variables.
+
+    Returns True when running distributed. Without ``WORLD_SIZE`` > 1 in the environment it
+    does nothing and returns False. The backend defaults to NCCL when CUDA is available, gloo
+    otherwise; on CUDA the current device is set to ``LOCAL_RANK``.
+    """
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_world_size() > 1
+    if int(os.environ.get("WORLD_SIZE", 1)) <= 1:
+        return False
+    if backend is None:
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+    if backend == "nccl":
+        torch.cuda.set_device(local_rank())
+    dist.init_process_group(backend=backend, timeout=datetime.timedelta(minutes=timeout_minutes))
+    return dist.get_world_size() > 1
+
+
+def destroy() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def barrier() -> None:
+    if is_dist():
+        dist.barrier()
+
+
+class _AllGatherWithGrad(torch.autograd.Function):
+    """All-gather whose backward sums the incoming gradients over processes and returns this
+    process's slice, so each process receives the gradient of the *sum* of all processes'
+    losses with respect to its own rows (DDP then averages, giving the global-mean gradient)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        ctx.batch = x.shape[0]
+        out = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+        dist.all_gather(out, x.contiguous())
+        return torch.cat(out, dim=0)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.contiguous()
+        dist.all_reduce(grad, op=dist.ReduceOp.SUM)
+        start = dist.get_rank() * ctx.batch
+        return grad[start : start + ctx.batch]
+
+
+def all_gather(x: torch.Tensor, grad: bool = False) -> torch.Tensor:
+    """Concatenate ``x`` from all processes along dim 0, in rank order.
+
+    Every process must pass the same shape. With ``grad=True`` gradients flow back to each
+    process's own rows (see :class:`_AllGatherWithGrad`); otherwise the result is detached.
+    On one process this returns ``x`` itself (detached when ``grad=False``).
+    """
+    if not is_dist():
+        return x if grad else x.detach()
+    if grad:
+        return _AllGatherWithGrad.apply(x)
+    with torch.no_grad():
+        out = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+        dist.all_gather(out, x.contiguous())
+        return torch.cat(out, dim=0)
+
+
+def reduce_mean(x: torch.Tensor) -> torch.Tensor:
+    """Mean of ``x`` over processes (a copy; the input is untouched)."""
+    if not is_dist():
+        return x.detach().clone()
+    y = x.detach().clone()
+    dist.all_reduce(y, op=dist.ReduceOp.SUM)
+    return y / dist.get_world_size()
+
+
+def broadcast_object(obj, src: int = 0):
+    """Broadcast a picklable Python object from ``src`` (identity on one process)."""
+    if not is_dist():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """Strip DistributedDataParallel (``.module``) and torch.compile (``._orig_mod``) wrappers."""
+    while True:
+        if isinstance(model, nn.parallel.DistributedDataParallel | nn.DataParallel):
+            model = model.module
+        elif hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        else:
+            return model
