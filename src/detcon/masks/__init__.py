@@ -1,0 +1,26 @@
+"""Region maps: generators (FH, grid, ground truth, whole image), the mask cache, and the
+reduction to the feature grid with per-view id sampling.
+
+Names are resolved lazily from the submodules listed in ``_EXPORTS`` so that importing
+:mod:`detcon.masks` stays cheap (scikit-image is only imported when a generator is used).
+"""
+
+from __future__ import annotations
+
+import importlib
+
+# public name -> submodule that defines it
+_EXPORTS = {
+    "downsample_masks": "sampling",
+    "sample_mask_ids": "sampling",
+}
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(list(globals()) + list(_EXPORTS))
