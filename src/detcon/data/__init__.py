@@ -2,7 +2,7 @@
 maps, and the paired (geometry) + per-image (photometry) augmentations.
 
 Names are resolved lazily from the submodules listed in ``_EXPORTS`` so that importing
-:mod:`detcon.masks` stays cheap (scikit-image is only imported when a generator is used).
+the package stays cheap (scikit-image is only imported when a generator is used).
 """
 
 from __future__ import annotations

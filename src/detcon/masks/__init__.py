@@ -2,7 +2,7 @@
 reduction to the feature grid with per-view id sampling.
 
 Names are resolved lazily from the submodules listed in ``_EXPORTS`` so that importing
-:mod:`detcon.masks` stays cheap (scikit-image is only imported when a generator is used).
+the package stays cheap (scikit-image is imported only when a generator is used).
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 EMA target update.
 
 Names are resolved lazily from the submodules listed in ``_EXPORTS`` so that importing
-:mod:`detcon.masks` stays cheap (and the heavy torchvision imports happen on first use).
+the package stays cheap (and the heavy torchvision imports happen on first use).
 """
 
 from __future__ import annotations
