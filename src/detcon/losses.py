@@ -1,0 +1,201 @@
+"""The DetCon contrastive loss (Hénaff et al., ICCV 2021, Sec. 3.1, Eq. 3).
+
+A pure function of tensors: no :mod:`torch.distributed`, no device handling. The training step
+gathers the targets of all processes with ``detcon.distributed.all_gather`` and passes
+``batch_offset = rank * B``; on one process the targets are the local ones and the offset is 0.
+
+The semantics follow the official DetCon-B loss (``byol_nce_detcon``; see the design notes
+on the official implementation, section 6.2):
+
+* every prediction row ``(b, k)`` of view ``v`` is scored against all target rows of *both*
+  views of *all* images (``2 * N * K`` columns), logits ``<n(pred), n(target)> / temperature``;
+* positives: the other view's target rows of the same image whose id equals the row's id
+  (several when an id was drawn several times; each gets label ``1 / num_pos``);
+* the same view's target rows of the same image with the same id are excluded;
+* everything else is a negative ("local negatives" are the other masks of the same image;
+  ``local_negatives=False`` excludes them too, leaving only other images as negatives);
+* row weight ``[num_pos > 0] / dup(b, k)`` with ``dup`` the number of draws of that id in the
+  row's own view, a plain mean over all ``B * K`` rows, and the two views are **summed**.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+# Official l2_normalize bounds the *squared* norm from below (differs from F.normalize).
+_NORM_EPS_SQ = 1e-12
+# Official exclusion value, applied after dividing by the temperature.
+_EXCLUDED = -1e9
+
+
+def _normalize(x: Tensor) -> Tensor:
+    """``x * rsqrt(max(sum(x^2), 1e-12))`` along the last dimension (official l2_normalize)."""
+    return x * torch.rsqrt(x.square().sum(-1, keepdim=True).clamp(min=_NORM_EPS_SQ))
+
+
+def _check_ids(name: str, ids: Tensor, shape: tuple[int, int]) -> None:
+    if ids.dtype.is_floating_point or ids.dtype.is_complex or ids.dtype == torch.bool:
+        raise TypeError(f"{name} must be an integer tensor, got dtype {ids.dtype}")
+    if tuple(ids.shape) != shape:
+        raise ValueError(f"{name} must have shape {shape}, got {tuple(ids.shape)}")
+
+
+def _validate(pred1, pred2, target1, target2, ids, temperature, batch_offset) -> None:
+    if pred1.ndim != 3 or pred1.shape != pred2.shape:
+        raise ValueError(
+            f"pred1/pred2 must both be [B,K,D], got {tuple(pred1.shape)} and {tuple(pred2.shape)}"
+        )
+    if target1.ndim != 3 or target1.shape != target2.shape:
+        raise ValueError(
+            f"target1/target2 must both be [N,K,D], got {tuple(target1.shape)} and "
+            f"{tuple(target2.shape)}"
+        )
+    B, K, D = pred1.shape
+    N, Kt, Dt = target1.shape
+    if Dt != D:
+        raise ValueError(f"embedding sizes differ: pred D={D}, target D={Dt}")
+    if B == 0 or K == 0 or Kt == 0:
+        raise ValueError(f"empty inputs: pred {tuple(pred1.shape)}, target {tuple(target1.shape)}")
+    if not 0 <= batch_offset or batch_offset + B > N:
+        raise ValueError(
+            f"batch_offset={batch_offset} with B={B} local images does not fit in the N={N} "
+            "gathered target images (need 0 <= batch_offset <= N - B)"
+        )
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    for name, t, shape in zip(
+        ("pred_ids1", "pred_ids2", "target_ids1", "target_ids2"),
+        ids,
+        ((B, K), (B, K), (N, Kt), (N, Kt)),
+        strict=True,
+    ):
+        _check_ids(name, t, shape)
+
+
+def _view_loss(
+    pred: Tensor,  # [B,K,D] normalised predictions of view v
+    target_w: Tensor,  # [N,Kt,D] normalised targets of the other view w
+    target_v: Tensor,  # [N,Kt,D] normalised targets of the same view v
+    pid: Tensor,  # [B,K] prediction ids of view v
+    tid_w: Tensor,  # [N,Kt]
+    tid_v: Tensor,  # [N,Kt]
+    temperature: float,
+    local_negatives: bool,
+    batch_offset: int,
+) -> Tensor:
+    B, K, D = pred.shape
+    N, Kt, _ = target_w.shape
+    columns = torch.cat([target_w, target_v], 0).reshape(2 * N * Kt, D)  # [2NKt, D], w block first
+    logits = (pred.reshape(B * K, D) @ columns.T) / temperature  # [BK, 2NKt]
+    # Image-major layout so that the own-image columns are logits[b, b + offset]: [B,N,K,2,Kt]
+    logits = logits.view(B, K, 2, N, Kt).permute(0, 3, 1, 2, 4)
+    rows = torch.arange(B, device=pred.device)
+    own = rows + batch_offset  # global index of each local image
+    diag = logits[rows, own]  # [B,K,2,Kt]: columns of the row's own image, both views
+    own_ids = torch.stack([tid_w[own], tid_v[own]], 1)  # [B,2,Kt]
+    match = pid[:, :, None, None] == own_ids[:, None, :, :]  # [B,K,2,Kt]
+    pos = match[:, :, 0]  # [B,K,Kt] positives: other view, same id
+    if local_negatives:
+        # Same view, same id: the row's own target and its duplicate draws.
+        excluded = torch.stack([torch.zeros_like(pos), match[:, :, 1]], 2)  # [B,K,2,Kt]
+    else:
+        # Every non-positive column of the own image, in both views.
+        excluded = torch.stack([~pos, torch.ones_like(pos)], 2)  # [B,K,2,Kt]
+    logits = logits.index_put((rows, own), diag.masked_fill(excluded, _EXCLUDED))
+    lse = torch.logsumexp(logits, dim=(1, 3, 4))  # [B,K] log-partition over all 2NKt columns
+
+    num_pos = pos.sum(-1)  # [B,K]
+    has_pos = num_pos > 0
+    # Labels 1/num_pos on the positives: ce = lse - mean of positive logits.
+    pos_mean = (diag[:, :, 0] * pos).sum(-1) / num_pos.clamp(min=1)  # [B,K]
+    ce = torch.where(has_pos, lse - pos_mean, torch.zeros_like(lse))  # [B,K]
+    dup = (pid[:, :, None] == pid[:, None, :]).sum(-1)  # [B,K] draws of the same id, >= 1
+    weight = has_pos.to(ce.dtype) / dup.to(ce.dtype)
+    return (weight * ce).sum() / (B * K)  # mean over all B*K rows, unmatched ones included
+
+
+def detcon_loss(
+    pred1: Tensor,
+    pred2: Tensor,
+    target1: Tensor,
+    target2: Tensor,
+    pred_ids1: Tensor,
+    pred_ids2: Tensor,
+    target_ids1: Tensor,
+    target_ids2: Tensor,
+    *,
+    temperature: float = 0.1,
+    local_negatives: bool = True,
+    batch_offset: int = 0,
+) -> Tensor:
+    """Symmetrised DetCon loss of this process (official ``byol_nce_detcon`` semantics).
+
+    Args:
+        pred1, pred2: ``[B,K,D]`` predictions of views 1 and 2 for this process's B images
+            (DetCon-B: online predictor outputs; DetCon-S: online projections).
+        target1, target2: ``[N,K',D]`` targets of views 1 and 2 for all N images of all
+            processes, in rank order (N = B on one process). DetCon-B: EMA target projections
+            (no grad); DetCon-S: the gathered online projections (with grad).
+        pred_ids1, pred_ids2: integer ``[B,K]`` mask ids of the prediction rows.
+        target_ids1, target_ids2: integer ``[N,K']`` mask ids of the target rows.
+        temperature: softmax temperature tau (official 0.1).
+        local_negatives: if False, other masks of the same image are not used as negatives.
+        batch_offset: index in the target batch of this process's first image
+            (``rank * B`` with equal per-process batches).
+
+    Returns:
+        Scalar ``L_1 + L_2``, each view's loss a mean over its ``B*K`` rows (rows without a
+        positive contribute 0 and still count). With R processes the mean of the per-process
+        losses equals the single-process loss on the whole batch, so DDP's gradient averaging
+        reproduces the full-batch gradient.
+
+    Computed in ``promote_types(dtype, float32)`` with autocast disabled: under bf16/fp16
+    autocast the result is float32, float64 inputs stay float64.
+    """
+    ids = (pred_ids1, pred_ids2, target_ids1, target_ids2)
+    _validate(pred1, pred2, target1, target2, ids, temperature, batch_offset)
+    dtype = torch.promote_types(torch.promote_types(pred1.dtype, target1.dtype), torch.float32)
+    pid1, pid2, tid1, tid2 = (t.to(device=pred1.device, dtype=torch.long) for t in ids)
+    with torch.autocast(device_type=pred1.device.type, enabled=False):
+        p1, p2, t1, t2 = (_normalize(x.to(dtype)) for x in (pred1, pred2, target1, target2))
+        common = (temperature, local_negatives, batch_offset)
+        loss_1 = _view_loss(p1, t2, t1, pid1, tid2, tid1, *common)
+        loss_2 = _view_loss(p2, t1, t2, pid2, tid1, tid2, *common)
+    return loss_1 + loss_2
+
+
+class DetConLoss(nn.Module):
+    """Stores and validates the loss hyperparameters; ``forward`` calls :func:`detcon_loss`.
+
+    Official DetCon-B values: ``temperature=0.1``, ``local_negatives=True``.
+    """
+
+    def __init__(self, temperature: float = 0.1, local_negatives: bool = True) -> None:
+        super().__init__()
+        if not isinstance(temperature, int | float) or not temperature > 0:
+            raise ValueError(f"temperature must be a positive number, got {temperature!r}")
+        self.temperature = float(temperature)
+        self.local_negatives = bool(local_negatives)
+
+    def forward(
+        self,
+        pred1: Tensor,
+        pred2: Tensor,
+        target1: Tensor,
+        target2: Tensor,
+        pred_ids1: Tensor,
+        pred_ids2: Tensor,
+        target_ids1: Tensor,
+        target_ids2: Tensor,
+        batch_offset: int = 0,
+    ) -> Tensor:
+        return detcon_loss(
+            pred1, pred2, target1, target2, pred_ids1, pred_ids2, target_ids1, target_ids2,
+            temperature=self.temperature,
+            local_negatives=self.local_negatives,
+            batch_offset=batch_offset,
+        )  # fmt: skip
+
+    def extra_repr(self) -> str:
+        return f"temperature={self.temperature}, local_negatives={self.local_negatives}"
