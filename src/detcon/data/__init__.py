@@ -11,7 +11,18 @@ import importlib
 
 # public name -> submodule that defines it
 _EXPORTS = {
-
+    "load_image": "decode",
+    "DecodeError": "decode",
+    "TwoViewTransform": "transforms",
+    "scan_images": "datasets",
+    "ImageListDataset": "datasets",
+    "ImageFolderDataset": "datasets",
+    "ImageClassTreeDataset": "datasets",
+    "CocoDataset": "datasets",
+    "SyntheticDataset": "datasets",
+    "builtin_images": "builtin",
+    "BuiltinDataset": "builtin",
+    "build_pretrain_dataset": "builtin",
 }
 
 

@@ -13,6 +13,14 @@ import importlib
 _EXPORTS = {
     "downsample_masks": "sampling",
     "sample_mask_ids": "sampling",
+    "MaskGenerator": "generators",
+    "FHGenerator": "generators",
+    "GridGenerator": "generators",
+    "WholeImageGenerator": "generators",
+    "CallableGenerator": "generators",
+    "build_generator": "generators",
+    "MaskCache": "cache",
+    "CocoMasks": "coco",
 }
 
 

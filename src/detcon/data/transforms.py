@@ -1,0 +1,188 @@
+"""Paired two-view augmentations: geometry on (image, mask) together, photometry on the image only.
+
+Recipe (detcon-official.md sections 2-3, BYOL's asymmetric views), per view independently:
+
+1. crop window: ``crop="official"``: area ~ U(0.08, 1)·H·W, ratio = exp(U(log 3/4, log 4/3)),
+   ``w = round(sqrt(area·ratio))``, ``h = round(sqrt(area/ratio))`` **clipped** to the image,
+   uniform integer offsets, no rejection loop. ``crop="torchvision"``: RandomResizedCrop's
+   10-trial rejection sampler with a centre-crop fallback (deviation, option);
+2. horizontal flip with p=0.5, one coin for image and mask;
+3. resize to ``image_size``: bicubic (antialiased) for the image, **nearest** for the mask;
+4. image only: colour jitter p=0.8 (brightness 0.4, contrast 0.4, saturation 0.2, hue 0.1 in
+   random order), grayscale p=0.2, Gaussian blur p=1.0 (view a) / 0.1 (view b) with sigma
+   U(0.1, 2.0) and a ``2·int(S/20)+1``-tap kernel (23 at 224, like dm_pix's radius 11),
+   solarize p=0.0 / 0.2 at threshold 0.5; then ImageNet mean/std normalisation.
+
+Deviation: jitter uses torchvision semantics (brightness/contrast/saturation are
+multiplicative factors in [1-x, 1+x]); dm_pix adds the brightness delta instead.
+
+Masks stay ``int64`` (no uint8 wrap) and are never touched by photometric ops.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from PIL import Image
+from torchvision.transforms import v2
+
+__all__ = ["TwoViewTransform", "official_crop_box", "torchvision_crop_box", "paired_geometry"]
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def _uniform(lo: float, hi: float, generator: torch.Generator | None) -> float:
+    return lo + (hi - lo) * float(torch.rand((), generator=generator))
+
+
+def official_crop_box(
+    height: int, width: int, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), generator=None
+) -> tuple[int, int, int, int]:
+    """Official DetCon crop window ``(top, left, h, w)``: rounded, clipped, no rejection."""
+    area = _uniform(*scale, generator) * height * width
+    aspect = math.exp(_uniform(math.log(ratio[0]), math.log(ratio[1]), generator))
+    w = min(max(1, round(math.sqrt(area * aspect))), width)
+    h = min(max(1, round(math.sqrt(area / aspect))), height)
+    top = int(torch.randint(0, height - h + 1, (), generator=generator))
+    left = int(torch.randint(0, width - w + 1, (), generator=generator))
+    return top, left, h, w
+
+
+def torchvision_crop_box(
+    height: int, width: int, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), generator=None
+) -> tuple[int, int, int, int]:
+    """torchvision ``RandomResizedCrop`` window ``(top, left, h, w)`` (10 trials + fallback)."""
+    if generator is None:
+        dummy = torch.empty(1, height, width, dtype=torch.uint8)  # only .shape is read
+        return tuple(v2.RandomResizedCrop.get_params(dummy, list(scale), list(ratio)))  # type: ignore[arg-type]
+    area = height * width
+    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
+    for _ in range(10):
+        target = area * _uniform(*scale, generator)
+        aspect = math.exp(_uniform(*log_ratio, generator))
+        w = round(math.sqrt(target * aspect))
+        h = round(math.sqrt(target / aspect))
+        if 0 < w <= width and 0 < h <= height:
+            top = int(torch.randint(0, height - h + 1, (), generator=generator))
+            left = int(torch.randint(0, width - w + 1, (), generator=generator))
+            return top, left, h, w
+    in_ratio = width / height  # fallback: centre crop at the clamped ratio
+    if in_ratio < min(ratio):
+        w, h = width, round(width / min(ratio))
+    elif in_ratio > max(ratio):
+        h, w = height, round(height * max(ratio))
+    else:
+        w, h = width, height
+    return (height - h) // 2, (width - w) // 2, h, w
+
+
+def _nearest_index(n_in: int, n_out: int) -> np.ndarray:
+    """Source index of each output pixel for nearest resizing with pixel-centre alignment."""
+    return np.minimum(((np.arange(n_out) + 0.5) * n_in / n_out).astype(np.int64), n_in - 1)
+
+
+def paired_geometry(
+    image: Image.Image, mask: np.ndarray, box: tuple[int, int, int, int], flip: bool, size: int
+) -> tuple[Image.Image, np.ndarray]:
+    """Crop ``box=(top, left, h, w)``, optionally flip, and resize to ``size x size``.
+
+    Image: bicubic (PIL, antialiased when shrinking). Mask ``[H, W]``: nearest with the same
+    pixel-centre convention, returned as ``int64 [size, size]``.
+    """
+    top, left, h, w = box
+    img = image.crop((left, top, left + w, top + h))
+    m = mask[top : top + h, left : left + w]
+    if flip:
+        img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        m = m[:, ::-1]
+    img = img.resize((size, size), Image.Resampling.BICUBIC)
+    m = m[_nearest_index(h, size)[:, None], _nearest_index(w, size)[None, :]]
+    return img, m.astype(np.int64)
+
+
+def _photometric(size: int, blur_p: float, solarize_p: float, jitter_p: float, gray_p: float):
+    kernel = 2 * int(size / 20) + 1  # 23 taps at 224 (official: radius int(22.4 / 2) = 11)
+    ops = [
+        v2.RandomApply([v2.ColorJitter(0.4, 0.4, 0.2, 0.1)], p=jitter_p),
+        v2.RandomGrayscale(p=gray_p),
+    ]
+    if blur_p > 0:
+        ops.append(v2.RandomApply([v2.GaussianBlur(kernel, sigma=(0.1, 2.0))], p=blur_p))
+    if solarize_p > 0:
+        ops.append(v2.RandomSolarize(threshold=128, p=solarize_p))  # 0.5 on the [0, 1] scale
+    return v2.Compose(ops)
+
+
+class TwoViewTransform:
+    """``(image PIL RGB, mask int [H, W]) -> dict(view_a, view_b, mask_a, mask_b)``.
+
+    Args:
+        image_size: side S of both square views (224 official).
+        crop: ``"official"`` (clipped window, no rejection) or ``"torchvision"``.
+        scale, ratio: crop area fraction and aspect range.
+        flip_p: horizontal flip probability (one coin for image and mask).
+        photometric: ``False`` disables every colour op (tests, visualisation).
+        blur_p, solarize_p: per-view ``(a, b)`` probabilities, official ``(1.0, 0.1)``, ``(0, 0.2)``.
+        normalize: apply ImageNet mean/std (else views are in [0, 1]).
+
+    Output: ``view_*`` float32 ``[3, S, S]``, ``mask_*`` int64 ``[S, S]``. Randomness comes from
+    torch's global RNG (seeded per DataLoader worker) unless ``generator`` is given to ``__call__``
+    (geometry only; torchvision's colour ops always use the global RNG).
+    """
+
+    def __init__(
+        self,
+        image_size: int = 224,
+        crop: str = "official",
+        scale: tuple[float, float] = (0.08, 1.0),
+        ratio: tuple[float, float] = (3 / 4, 4 / 3),
+        flip_p: float = 0.5,
+        photometric: bool = True,
+        blur_p: tuple[float, float] = (1.0, 0.1),
+        solarize_p: tuple[float, float] = (0.0, 0.2),
+        jitter_p: float = 0.8,
+        gray_p: float = 0.2,
+        normalize: bool = True,
+    ):
+        if crop not in ("official", "torchvision"):
+            raise ValueError(f"crop must be 'official' or 'torchvision', got {crop!r}")
+        if image_size < 1 or not (0 < scale[0] <= scale[1] <= 1) or not (0 < ratio[0] <= ratio[1]):
+            raise ValueError(f"bad image_size={image_size} scale={scale} ratio={ratio}")
+        self.image_size, self.crop, self.scale, self.ratio = int(image_size), crop, scale, ratio
+        self.flip_p, self.normalize = flip_p, normalize
+        self._box = official_crop_box if crop == "official" else torchvision_crop_box
+        self.photo = (
+            [_photometric(image_size, blur_p[i], solarize_p[i], jitter_p, gray_p) for i in (0, 1)]
+            if photometric
+            else None
+        )
+        self._norm = v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)
+
+    def view(self, image: Image.Image, mask: np.ndarray, which: int = 0, generator=None):
+        """One augmented view: ``(float [3,S,S], int64 [S,S])``."""
+        box = self._box(image.height, image.width, self.scale, self.ratio, generator)
+        flip = float(torch.rand((), generator=generator)) < self.flip_p
+        img, m = paired_geometry(image, mask, box, flip, self.image_size)
+        x = torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1)  # [3,S,S]
+        if self.photo is not None:
+            x = self.photo[which](x)
+        x = x.float().div_(255.0)
+        if self.normalize:
+            x = self._norm(x)
+        return x, torch.from_numpy(np.ascontiguousarray(m))
+
+    def __call__(self, image: Image.Image, mask: np.ndarray, generator=None) -> dict:
+        mask = np.asarray(mask)
+        if mask.shape != (image.height, image.width):
+            raise ValueError(
+                f"mask shape {mask.shape} does not match image size {(image.height, image.width)}"
+            )
+        view_a, mask_a = self.view(image, mask, 0, generator)
+        view_b, mask_b = self.view(image, mask, 1, generator)
+        return {"view_a": view_a, "view_b": view_b, "mask_a": mask_a, "mask_b": mask_b}
+
+    def __repr__(self) -> str:
+        return f"TwoViewTransform(image_size={self.image_size}, crop={self.crop!r})"
