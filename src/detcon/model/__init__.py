@@ -11,7 +11,18 @@ import importlib
 
 # public name -> submodule that defines it
 _EXPORTS = {
+    "Backbone": "backbone",
+    "backbone_names": "backbone",
+    "build_backbone": "backbone",
+    "load_torchvision_weights": "backbone",
+    "binary_masks": "pooling",
     "mask_pool": "pooling",
+    "MLP": "heads",
+    "trunc_normal_fan_in_": "heads",
+    "DetConNet": "detcon",
+    "DetConOutput": "detcon",
+    "make_target": "detcon",
+    "ema_update_": "ema",
 }
 
 

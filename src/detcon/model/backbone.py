@@ -1,0 +1,225 @@
+"""ResNet backbones without pooling or classifier: ``[B,3,H,W] -> [B,C,H/32,W/32]``.
+
+The network is assembled from torchvision's own ``BasicBlock`` / ``Bottleneck`` classes in the
+same way as ``torchvision.models.ResNet`` (children ``conv1, bn1, relu, maxpool, layer1..layer4``,
+projection shortcuts named ``downsample.0/1``), so that at width 1 the ``state_dict`` keys and
+shapes are exactly torchvision's minus ``fc.*`` and exporting weights is a pure prefix operation.
+We build the stages ourselves rather than calling ``torchvision.models.resnet50()`` because
+torchvision cannot scale the stage widths (the official ``width_multiplier``); the tests check
+key-for-key and output equality with the torchvision constructors.
+
+Official details (detcon-official.md section 5) that hold here too: 7x7/2 stem with 64 channels
+and no bias, 3x3/2 max-pool, bottleneck stride on the 3x3 conv ("v1.5", torchvision's default),
+projection shortcut (1x1 conv + BN) on the first block of each stage, the last BN of every residual
+branch zero-initialised, BN momentum 0.1 = haiku decay 0.9, eps 1e-5.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+
+import torch
+from torch import nn
+from torchvision.models.resnet import BasicBlock, Bottleneck, conv1x1
+
+from .heads import check_init, trunc_normal_fan_in_
+
+# name -> (block, blocks per stage). resnet200 is the official DetCon ResNet-200 layout.
+_SPECS: dict[str, tuple[type[nn.Module], tuple[int, int, int, int]]] = {
+    "resnet18": (BasicBlock, (2, 2, 2, 2)),
+    "resnet34": (BasicBlock, (3, 4, 6, 3)),
+    "resnet50": (Bottleneck, (3, 4, 6, 3)),
+    "resnet101": (Bottleneck, (3, 4, 23, 3)),
+    "resnet152": (Bottleneck, (3, 8, 36, 3)),
+    "resnet200": (Bottleneck, (3, 24, 36, 3)),
+}
+
+
+def backbone_names() -> list[str]:
+    """The names accepted by :func:`build_backbone`."""
+    return list(_SPECS)
+
+
+class Backbone(nn.Module):
+    """A torchvision-layout ResNet trunk without ``avgpool`` and ``fc``.
+
+    Args:
+        block: torchvision ``BasicBlock`` or ``Bottleneck``.
+        layers: blocks per stage, e.g. ``(3, 4, 6, 3)``.
+        width_multiplier: positive int scaling every channel count: the stem (64 * m) and
+            each stage's block width (64, 128, 256, 512) * m, so a ResNet-50 x2 ends with 4096
+            channels (the official haiku ``width_multiplier``). Width 1 is torchvision's net.
+        zero_init_residual: zero the scale of the last BN of each residual branch (``bn3`` of a
+            Bottleneck, ``bn2`` of a BasicBlock), as the official code does.
+        norm_layer: 2-D norm constructor (default ``nn.BatchNorm2d``).
+        init: ``"torchvision"`` (kaiming-normal fan-out convs, torchvision's default) or
+            ``"official"`` (the haiku default: truncated normal at +-2 sigma with
+            sigma = 1/sqrt(fan_in), see :func:`trunc_normal_fan_in_`).
+        name: a label stored as ``self.name``.
+
+    Attributes: ``out_channels`` (C), ``stride`` (32), ``name``, ``width_multiplier``.
+    ``forward(x [B,3,H,W]) -> [B,C,ceil(H/32),ceil(W/32)]``; ``forward_features`` is an alias.
+    Works with ``channels_last`` models and inputs (``.to(memory_format=torch.channels_last)``).
+    """
+
+    stride = 32
+
+    def __init__(
+        self,
+        block: type[nn.Module],
+        layers: tuple[int, ...] | list[int],
+        *,
+        width_multiplier: int = 1,
+        zero_init_residual: bool = True,
+        norm_layer: Callable[[int], nn.Module] | None = None,
+        init: str = "torchvision",
+        name: str = "resnet",
+    ) -> None:
+        super().__init__()
+        if block not in (BasicBlock, Bottleneck):
+            raise ValueError(f"block must be torchvision BasicBlock or Bottleneck, got {block!r}")
+        if len(layers) != 4 or any(int(n) < 1 for n in layers):
+            raise ValueError(f"layers must be 4 positive block counts, got {layers!r}")
+        if isinstance(width_multiplier, bool) or not isinstance(width_multiplier, int):
+            raise ValueError(f"width_multiplier must be a positive int, got {width_multiplier!r}")
+        if width_multiplier < 1:
+            raise ValueError(f"width_multiplier must be a positive int, got {width_multiplier!r}")
+        check_init(init)
+        self.name = name
+        self.width_multiplier = width_multiplier
+        self.init = init
+        self.zero_init_residual = zero_init_residual
+        self._norm_layer = nn.BatchNorm2d if norm_layer is None else norm_layer
+        m = width_multiplier
+        self.inplanes = 64 * m
+        self.conv1 = nn.Conv2d(3, self.inplanes, kernel_size=7, stride=2, padding=3, bias=False)
+        self.bn1 = self._norm_layer(self.inplanes)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
+        self.layer1 = self._make_layer(block, 64 * m, layers[0], stride=1)
+        self.layer2 = self._make_layer(block, 128 * m, layers[1], stride=2)
+        self.layer3 = self._make_layer(block, 256 * m, layers[2], stride=2)
+        self.layer4 = self._make_layer(block, 512 * m, layers[3], stride=2)
+        self.out_channels = self.inplanes
+        del self.inplanes
+        self.reset_parameters()
+
+    def _make_layer(self, block, planes: int, blocks: int, stride: int) -> nn.Sequential:
+        out = planes * block.expansion
+        downsample = None
+        if stride != 1 or self.inplanes != out:
+            # Projection shortcut; stride lives on the 3x3 conv of the block ("v1.5").
+            downsample = nn.Sequential(conv1x1(self.inplanes, out, stride), self._norm_layer(out))
+        seq = [block(self.inplanes, planes, stride, downsample, norm_layer=self._norm_layer)]
+        self.inplanes = out
+        seq += [block(self.inplanes, planes, norm_layer=self._norm_layer) for _ in range(1, blocks)]
+        return nn.Sequential(*seq)
+
+    def reset_parameters(self, init: str | None = None, *, zero_init_residual: bool | None = None):
+        """Re-initialise all weights in place and reset the norms' running statistics.
+
+        ``init`` / ``zero_init_residual`` default to the constructor's choices.
+        """
+        init = check_init(getattr(self, "init", "torchvision") if init is None else init)
+        if zero_init_residual is None:
+            zero_init_residual = getattr(self, "zero_init_residual", True)
+        for mod in self.modules():
+            if isinstance(mod, nn.Conv2d):
+                if init == "official":
+                    trunc_normal_fan_in_(mod.weight)
+                else:
+                    nn.init.kaiming_normal_(mod.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(mod, nn.modules.batchnorm._NormBase | nn.GroupNorm):
+                if getattr(mod, "weight", None) is not None:
+                    nn.init.ones_(mod.weight)
+                    nn.init.zeros_(mod.bias)
+                if hasattr(mod, "reset_running_stats"):
+                    mod.reset_running_stats()
+        if zero_init_residual:
+            for mod in self.modules():
+                last = getattr(mod, "bn3", None) if isinstance(mod, Bottleneck) else None
+                if isinstance(mod, BasicBlock):
+                    last = mod.bn2
+                if last is not None and getattr(last, "weight", None) is not None:
+                    nn.init.zeros_(last.weight)
+
+    @classmethod
+    def from_torchvision(cls, model: nn.Module, name: str = "resnet") -> Backbone:
+        """Wrap an existing torchvision ``ResNet``'s trunk modules (shared, not copied).
+
+        ``avgpool`` and ``fc`` are dropped. ``width_multiplier`` is inferred from the stem.
+        """
+        needed = ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4")
+        lacking = [n for n in needed if not hasattr(model, n)]
+        if lacking:
+            raise ValueError(f"not a torchvision ResNet: missing children {lacking}")
+        self = cls.__new__(cls)
+        nn.Module.__init__(self)
+        for n in needed:
+            setattr(self, n, getattr(model, n))
+        self.name = name
+        self.init, self.zero_init_residual = "torchvision", True
+        self.width_multiplier = max(1, self.conv1.out_channels // 64)
+        last = model.layer4[-1]
+        self.out_channels = (last.bn3 if isinstance(last, Bottleneck) else last.bn2).num_features
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 4 or x.shape[1] != 3:
+            raise ValueError(f"Backbone expects images [B,3,H,W], got {tuple(x.shape)}")
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))  # [B, 64m, H/4, W/4]
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))  # [B, C, H/32, W/32]
+        return x
+
+    forward_features = forward
+
+
+def build_backbone(
+    name: str,
+    width_multiplier: int = 1,
+    zero_init_residual: bool = True,
+    norm_layer: Callable[[int], nn.Module] | None = None,
+    *,
+    init: str = "torchvision",
+    channels_last: bool = False,
+) -> Backbone:
+    """Build a randomly initialised backbone by name (never downloads weights).
+
+    ``name`` is one of :func:`backbone_names`; see :class:`Backbone` for the other arguments.
+    ``channels_last=True`` converts the parameters to the channels-last memory format.
+    """
+    if name not in _SPECS:
+        raise ValueError(f"unknown backbone {name!r}; valid names: {', '.join(_SPECS)}")
+    block, layers = _SPECS[name]
+    net = Backbone(
+        block,
+        layers,
+        width_multiplier=width_multiplier,
+        zero_init_residual=zero_init_residual,
+        norm_layer=norm_layer,
+        init=init,
+        name=name,
+    )
+    if channels_last:
+        net = net.to(memory_format=torch.channels_last)
+    return net
+
+
+def load_torchvision_weights(backbone: Backbone, state_dict: Mapping[str, torch.Tensor]):
+    """Load a torchvision ResNet ``state_dict`` into ``backbone``, strictly except ``fc.*``.
+
+    Keys are matched as they are (no renaming). Every backbone key must be present and every
+    key except ``fc.weight`` / ``fc.bias`` must be used; otherwise a ``ValueError`` lists
+    exactly the missing and unexpected keys. Shape mismatches raise from ``load_state_dict``.
+    Returns ``backbone``.
+    """
+    state = {k: v for k, v in state_dict.items() if not k.startswith("fc.")}
+    expected = set(backbone.state_dict())
+    missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
+    if missing or unexpected:  # checked before loading, so a failure leaves backbone untouched
+        raise ValueError(
+            "torchvision state_dict does not match the backbone "
+            f"({getattr(backbone, 'name', '?')}): missing={missing} unexpected={unexpected}"
+        )
+    backbone.load_state_dict(state, strict=True)
+    return backbone

@@ -1,0 +1,98 @@
+"""Projector / predictor MLP heads and the official ("haiku default") weight initialiser.
+
+The official DetCon networks (detcon-official.md section 5) use the same ``MLP`` for the
+projector (C -> 4096 -> 256) and the predictor (256 -> 4096 -> 256):
+``Linear(hidden, bias) -> BatchNorm -> ReLU -> Linear(out, no bias)``. They are applied to
+``[B, K, C]`` tensors of mask-pooled features, so the BatchNorm statistics are taken over all
+``B * K`` mask vectors at once.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+INITS = ("torchvision", "official")
+
+
+def trunc_normal_fan_in_(weight: torch.Tensor) -> torch.Tensor:
+    """In place: the haiku default initialiser used by the official code for convs and linears.
+
+    A normal with ``sigma = 1 / sqrt(fan_in)`` truncated at +-2 sigma (the samples are cut, sigma
+    is not rescaled), where ``fan_in = prod(weight.shape[1:])``, i.e. ``in_features`` for a
+    ``Linear`` and ``kh * kw * C_in / groups`` for a ``Conv2d`` weight ``[C_out, C_in/g, kh, kw]``.
+    """
+    fan_in = math.prod(weight.shape[1:])
+    if fan_in <= 0:
+        raise ValueError(f"cannot initialise a weight of shape {tuple(weight.shape)}")
+    sigma = 1.0 / math.sqrt(fan_in)
+    return nn.init.trunc_normal_(weight, mean=0.0, std=sigma, a=-2.0 * sigma, b=2.0 * sigma)
+
+
+def check_init(init: str) -> str:
+    if init not in INITS:
+        raise ValueError(f"unknown init {init!r}; valid: {', '.join(INITS)}")
+    return init
+
+
+class MLP(nn.Module):
+    """``Linear(in, hidden) -> BatchNorm1d(hidden) -> ReLU -> Linear(hidden, out, bias=False)``.
+
+    Args:
+        in_dim, hidden_dim, out_dim: the three widths (official projector 2048/4096/256,
+            predictor 256/4096/256).
+        init: ``"torchvision"`` keeps PyTorch's default ``Linear`` init (kaiming-uniform);
+            ``"official"`` draws weights with :func:`trunc_normal_fan_in_` and zeroes the bias,
+            as the official haiku code does.
+        norm_layer: constructor for the 1-D norm (default ``nn.BatchNorm1d``; momentum 0.1 and
+            eps 1e-5 equal the official decay 0.9 and eps 1e-5).
+
+    ``forward(x [..., in_dim]) -> [..., out_dim]``: the leading dims are flattened so that
+    BatchNorm sees one batch of ``prod(leading)`` vectors (e.g. all ``B * K`` masks), then
+    restored. In training mode this needs more than one vector in total.
+    """
+
+    def __init__(
+        self,
+        in_dim: int,
+        hidden_dim: int,
+        out_dim: int,
+        *,
+        init: str = "torchvision",
+        norm_layer: Callable[[int], nn.Module] | None = None,
+    ) -> None:
+        super().__init__()
+        for label, dim in (("in_dim", in_dim), ("hidden_dim", hidden_dim), ("out_dim", out_dim)):
+            if not isinstance(dim, int) or dim < 1:
+                raise ValueError(f"MLP {label} must be a positive int, got {dim!r}")
+        self.in_dim, self.hidden_dim, self.out_dim = in_dim, hidden_dim, out_dim
+        norm_layer = nn.BatchNorm1d if norm_layer is None else norm_layer
+        self.fc1 = nn.Linear(in_dim, hidden_dim, bias=True)
+        self.bn1 = norm_layer(hidden_dim)
+        self.relu = nn.ReLU(inplace=True)
+        self.fc2 = nn.Linear(hidden_dim, out_dim, bias=False)  # official: no bias on the output
+        self.reset_parameters(init)
+
+    def reset_parameters(self, init: str = "torchvision") -> None:
+        """Re-initialise every weight (and reset the norm's running statistics)."""
+        check_init(init)
+        for fc in (self.fc1, self.fc2):
+            if init == "official":
+                trunc_normal_fan_in_(fc.weight)
+                if fc.bias is not None:
+                    nn.init.zeros_(fc.bias)
+            else:
+                fc.reset_parameters()
+        if hasattr(self.bn1, "reset_parameters"):
+            self.bn1.reset_parameters()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() < 2 or x.shape[-1] != self.in_dim:
+            raise ValueError(f"MLP expects [..., {self.in_dim}] input, got {tuple(x.shape)}")
+        lead = x.shape[:-1]
+        x = x.reshape(-1, self.in_dim)  # [prod(lead), in_dim]: BN over all vectors
+        x = self.fc2(self.relu(self.bn1(self.fc1(x))))  # [prod(lead), out_dim]
+        return x.reshape(*lead, self.out_dim)  # [..., out_dim]
