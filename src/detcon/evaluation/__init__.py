@@ -1,0 +1,39 @@
+"""Transfer evaluation of pretrained backbones: linear probe, kNN, semantic segmentation
+(linear probe and FCN fine-tuning on PASCAL VOC layout) and detection / instance segmentation
+(Mask R-CNN + FPN on COCO layout). See ``docs/evaluation.md`` for the protocols.
+
+Names are resolved lazily so that importing the package stays cheap.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+# public name -> submodule that defines it
+_EXPORTS = {
+    "load_backbone": "common",
+    "write_result": "common",
+    "extract_features": "features",
+    "eval_transform": "features",
+    "train_linear_probe": "linear",
+    "run_linear": "linear",
+    "knn_classify": "knn",
+    "run_knn": "knn",
+    "confusion_matrix": "metrics",
+    "iou_from_confusion": "metrics",
+    "topk_accuracy": "metrics",
+    "VOCSegmentation": "voc",
+    "run_segmentation": "segmentation",
+    "CocoInstances": "coco",
+    "run_detection": "detection",
+}
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(list(globals()) + list(_EXPORTS))
