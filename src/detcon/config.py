@@ -1,0 +1,392 @@
+"""Typed pretraining configuration: grouped dataclasses, YAML loading, ``a.b=value`` overrides.
+
+One :class:`Config` holds six groups (``data``, ``masks``, ``model``, ``loss``, ``optim``,
+``train``). Defaults reproduce the official DetCon_B ImageNet recipe (see
+``shared/design/detcon-official.md`` section 7); the shipped recipes in ``detcon/configs/*.yaml``
+only list what differs. Derived fields (total steps, warmup steps, peak learning rate, per-process
+batch) are computed in exactly one place, :func:`resolve`.
+
+Usage::
+
+    cfg = load_config("detcon_b_imagenet_300ep", overrides=["optim.base_lr=0.3"])
+    cfg = resolve(cfg, dataset_size=len(dataset), world_size=2)
+    save_yaml(cfg, "runs/x/config.yaml"); to_dict(cfg)  # plain dict for checkpoints
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import tempfile
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+CONFIG_DIR = Path(__file__).parent / "configs"
+METHODS = ("detcon_b", "detcon_s", "byol", "simclr")
+PRECISIONS = ("fp32", "bf16", "fp16")
+
+
+@dataclass
+class DataConfig:
+    """Where images come from and how they are loaded."""
+
+    data: str = "builtin"
+    """Image source: a folder of images (recursive), ``builtin`` (scikit-image's sample
+    photographs, no download) or ``synthetic:N`` (N random blocky images, for tests)."""
+    image_size: int = 224
+    """Side S of each square view, pixels (official: 224)."""
+    batch_size: int = 4096
+    """GLOBAL batch (all processes, all accumulation micro-steps). Official: 4096."""
+    num_workers: int = 8
+    """DataLoader worker processes per training process (0 = load in the main process)."""
+    pin_memory: bool = True
+    """Page-locked host memory for faster host-to-GPU copies (ignored on CPU)."""
+    persistent_workers: bool = True
+    """Keep workers alive across epochs (only when num_workers > 0)."""
+    repeat: int = 1
+    """Repeat the dataset this many times per epoch (useful for the tiny builtin set)."""
+
+
+@dataclass
+class MaskConfig:
+    """Region maps and how many are sampled per view."""
+
+    source: str = "fh"
+    """``fh`` (Felzenszwalb, official), ``grid``, ``coco`` (ground truth), ``whole`` (one region
+    per image: BYOL / SimCLR), or the path of a mask cache made by ``detcon masks``."""
+    num_masks: int = 16
+    """K: mask ids sampled per view, with replacement, uniformly over present ids (official 16)."""
+
+
+@dataclass
+class ModelConfig:
+    """Backbone and heads."""
+
+    backbone: str = "resnet50"
+    """resnet18/34/50/101/152/200 (official: resnet50; resnet200 for the large checkpoint)."""
+    width_multiplier: int = 1
+    """Channel multiplier of the backbone."""
+    proj_hidden: int = 4096
+    """Projector hidden width (official 4096)."""
+    proj_dim: int = 256
+    """Projection / prediction output size D (official 256)."""
+    pred_hidden: int = 4096
+    """Predictor hidden width (official 4096); unused by detcon_s / simclr."""
+
+
+@dataclass
+class LossConfig:
+    """Method and contrastive loss."""
+
+    method: str = "detcon_b"
+    """``detcon_b`` (online predictor vs EMA target), ``detcon_s`` (one network, no predictor,
+    no EMA), ``byol`` / ``simclr`` (the same with the whole-image mask, K=1)."""
+    temperature: float = 0.1
+    """Softmax temperature tau (official 0.1)."""
+    local_negatives: bool = True
+    """Use other masks of the same image as negatives (official True)."""
+
+
+@dataclass
+class OptimConfig:
+    """Optimizer and schedules (pure functions of the step, see detcon.optim)."""
+
+    optimizer: str = "lars"
+    """``lars`` (official) or ``sgd`` (plain momentum SGD with the same param groups)."""
+    base_lr: float = 0.2
+    """Learning rate per 256 images; peak lr = base_lr * batch_size / 256 (official 0.2 -> 3.2)."""
+    weight_decay: float = 1.5e-6
+    """Weight decay on conv/linear weights only (official 1.5e-6; biases and BN excluded)."""
+    momentum: float = 0.9
+    """Momentum (official 0.9)."""
+    eta: float = 1e-3
+    """LARS trust coefficient (official 1e-3)."""
+    warmup_epochs: int = -1
+    """Linear warmup epochs; -1 = epochs // 100 as in the official code."""
+    ema_base: float = 0.996
+    """Initial target EMA rate tau, cosine-increased to 1 (official 0.996)."""
+    peak_lr: float = 0.0
+    """Derived by :func:`resolve`: base_lr * batch_size / 256. Do not set."""
+    warmup_steps: int = 0
+    """Derived by :func:`resolve`. Do not set."""
+
+
+@dataclass
+class TrainConfig:
+    """Run length, precision, checkpoints and logging."""
+
+    epochs: int = 1000
+    """Epochs; ignored when ``steps`` > 0. Official default 1000 (300 in the short recipe)."""
+    steps: int = 0
+    """Optimizer steps; 0 = derive from epochs * dataset_size // batch_size (official)."""
+    seed: int = 0
+    """Seed of weights, data order, augmentations and mask sampling."""
+    device: str = "auto"
+    """``auto`` (cuda if available), ``cpu``, ``cuda``."""
+    precision: str = "bf16"
+    """``fp32``, ``bf16`` (autocast) or ``fp16`` (autocast + GradScaler). bf16 falls back to
+    fp32 on CPU unless ``cpu_autocast`` is set."""
+    cpu_autocast: bool = False
+    """Allow bf16 autocast on CPU (slow on most CPUs; off by default)."""
+    channels_last: bool = True
+    """NHWC memory format for the convolutions (faster on GPUs with tensor cores)."""
+    compile: bool = False
+    """Wrap the networks in torch.compile."""
+    grad_accum: int = 1
+    """Gradient accumulation micro-steps per optimizer step. Each micro-batch has its own
+    negatives, so the loss differs from a true large batch (documented deviation)."""
+    probe: bool = True
+    """Train an online linear probe on the detached global feature of view a when labels exist."""
+    out: str = "runs/detcon"
+    """Run folder: config.yaml, last.pt, metrics.jsonl, TensorBoard events, masks.png, loss.png."""
+    resume: str = "never"
+    """``never``, ``auto`` (resume from out/last.pt if present) or a checkpoint path."""
+    ckpt_every: int = 1000
+    """Save last.pt every this many steps (and at the end / on SIGTERM / SIGINT)."""
+    keep_every: int = 0
+    """Also keep step_XXXXXXX.pt every this many steps (0 = never)."""
+    log_every: int = 10
+    """Log metrics every this many steps."""
+    stop_after: int = 0
+    """Stop cleanly (save + exit) after this many steps in THIS invocation (0 = never), e.g. to
+    fit a job time slot; resume continues."""
+    progress: bool = True
+    """Show a tqdm progress bar on rank 0."""
+    total_steps: int = 0
+    """Derived by :func:`resolve`. Do not set."""
+    steps_per_epoch: int = 0
+    """Derived by :func:`resolve`. Do not set."""
+    local_batch: int = 0
+    """Derived by :func:`resolve`: per-process micro-batch = batch / (world * grad_accum)."""
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    masks: MaskConfig = field(default_factory=MaskConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+class ConfigError(ValueError):
+    """A bad key or value in a config file or override."""
+
+
+def _suggest(key: str, options) -> str:
+    close = difflib.get_close_matches(key, list(options), n=3, cutoff=0.5)
+    return f" Did you mean: {', '.join(close)}?" if close else ""
+
+
+def _all_keys(cfg) -> list[str]:
+    return [
+        f"{g.name}.{f.name}"
+        for g in dataclasses.fields(cfg)
+        for f in dataclasses.fields(getattr(cfg, g.name))
+    ]
+
+
+def _field_type(obj, name: str):
+    return typing.get_type_hints(type(obj))[name]
+
+
+def parse_value(text: str, typ, key: str = "?"):
+    """Parse a command-line string into ``typ`` (int, float, bool, str, or ``X | None``)."""
+    origin = typing.get_origin(typ)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(typ) if a is not type(None)]
+        if text.lower() in ("none", "null", ""):
+            return None
+        typ = args[0]
+    try:
+        if typ is bool:
+            low = text.lower()
+            if low in ("1", "true", "yes", "on"):
+                return True
+            if low in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(text)
+        if typ is int:
+            return int(float(text)) if "e" in text.lower() else int(text)
+        if typ is float:
+            return float(text)
+        return str(text)
+    except ValueError:
+        raise ConfigError(f"{key}: cannot parse {text!r} as {typ.__name__}") from None
+
+
+def _coerce(value, typ, key: str):
+    """Check / convert a YAML value to the field type (ints are accepted for floats)."""
+    if isinstance(value, str) and typ is not str:
+        return parse_value(value, typ, key)
+    if typ is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if typ in (int, float, bool, str) and not isinstance(value, typ):
+        raise ConfigError(f"{key}: expected {typ.__name__}, got {value!r}")
+    if typ is int and isinstance(value, bool):
+        raise ConfigError(f"{key}: expected int, got {value!r}")
+    return value
+
+
+def apply_dict(cfg: Config, data: dict, source: str = "config") -> Config:
+    """Set fields from a nested dict ``{group: {field: value}}``; unknown keys raise ConfigError."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: expected a mapping of groups, got {type(data).__name__}")
+    groups = {f.name for f in dataclasses.fields(cfg)}
+    for gname, values in data.items():
+        if gname not in groups:
+            raise ConfigError(f"{source}: unknown config group {gname!r}.{_suggest(gname, groups)}")
+        group = getattr(cfg, gname)
+        if not isinstance(values, dict):
+            raise ConfigError(f"{source}: group {gname!r} must be a mapping")
+        names = {f.name for f in dataclasses.fields(group)}
+        for name, value in values.items():
+            key = f"{gname}.{name}"
+            if name not in names:
+                raise ConfigError(
+                    f"{source}: unknown config key {key!r}.{_suggest(key, _all_keys(cfg))}"
+                )
+            setattr(group, name, _coerce(value, _field_type(group, name), key))
+    return cfg
+
+
+def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
+    """Apply ``group.field=value`` strings, parsed with the dataclass field types."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like group.field=value")
+        key, text = item.split("=", 1)
+        key = key.strip()
+        parts = key.split(".")
+        if len(parts) != 2:
+            raise ConfigError(f"unknown config key {key!r}.{_suggest(key, _all_keys(cfg))}")
+        apply_dict(
+            cfg,
+            {parts[0]: {parts[1]: parse_value(text.strip(), _type_of(cfg, parts), key)}},
+            "override",
+        )
+    return cfg
+
+
+def _type_of(cfg: Config, parts: list[str]):
+    group = getattr(cfg, parts[0], None)
+    if (
+        group is None
+        or not dataclasses.is_dataclass(group)
+        or parts[1] not in {f.name for f in dataclasses.fields(group)}
+    ):
+        key = ".".join(parts)
+        raise ConfigError(f"unknown config key {key!r}.{_suggest(key, _all_keys(cfg))}")
+    return _field_type(group, parts[1])
+
+
+def recipe_names() -> list[str]:
+    """Names of the shipped recipes (``detcon/configs/*.yaml`` without the suffix)."""
+    return sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+
+
+def find_config(name_or_path: str) -> Path:
+    """A YAML path, or the name of a shipped recipe."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    shipped = CONFIG_DIR / f"{path.name.removesuffix('.yaml')}.yaml"
+    if shipped.is_file():
+        return shipped
+    raise ConfigError(
+        f"config {name_or_path!r} is neither a file nor a shipped recipe."
+        f"{_suggest(path.stem, recipe_names())} Shipped: {', '.join(recipe_names())}"
+    )
+
+
+def load_config(path: str | None = None, overrides: list[str] | None = None) -> Config:
+    """Defaults, then the YAML file (or shipped recipe name), then the overrides."""
+    cfg = Config()
+    if path:
+        file = find_config(path)
+        with open(file) as f:
+            data = yaml.safe_load(f) or {}
+        apply_dict(cfg, data, str(file))
+    return apply_overrides(cfg, overrides or [])
+
+
+def to_dict(cfg: Config) -> dict[str, Any]:
+    """Plain nested dict (ints, floats, bools, strs) for YAML and checkpoints."""
+    return dataclasses.asdict(cfg)
+
+
+def from_dict(data: dict) -> Config:
+    return apply_dict(Config(), data, "checkpoint config")
+
+
+def save_yaml(cfg: Config, path: str | os.PathLike) -> Path:
+    """Write the config as YAML atomically (temp file + os.replace)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    with os.fdopen(fd, "w") as f:
+        yaml.safe_dump(to_dict(cfg), f, sort_keys=False)
+    os.replace(tmp, path)
+    return path
+
+
+def resolve(cfg: Config, dataset_size: int, world_size: int = 1) -> Config:
+    """Validate and compute every derived field, in place; returns ``cfg``.
+
+    * ``train.local_batch = batch_size / (world_size * grad_accum)`` (must divide exactly);
+    * ``train.steps_per_epoch = dataset_size * repeat // batch_size`` (drop_last, official);
+    * ``train.total_steps = steps`` if set, else ``epochs * dataset_size * repeat // batch_size``
+      (official ``num_epochs * 1281167 // 4096``);
+    * ``optim.warmup_steps = warmup_epochs * steps_per_epoch`` with ``warmup_epochs = epochs // 100``
+      when -1 (official), capped below total_steps;
+    * ``optim.peak_lr = base_lr * batch_size / 256``;
+    * byol / simclr force the whole-image mask and K = 1.
+    """
+    d, t, o, lo, m = cfg.data, cfg.train, cfg.optim, cfg.loss, cfg.masks
+    if lo.method not in METHODS:
+        raise ConfigError(
+            f"loss.method: {lo.method!r} is not one of {METHODS}.{_suggest(lo.method, METHODS)}"
+        )
+    if t.precision not in PRECISIONS:
+        raise ConfigError(f"train.precision: {t.precision!r} is not one of {PRECISIONS}")
+    if lo.method in ("byol", "simclr"):
+        m.source, m.num_masks = "whole", 1
+    for key, value in (
+        ("data.batch_size", d.batch_size),
+        ("masks.num_masks", m.num_masks),
+        ("data.image_size", d.image_size),
+        ("train.grad_accum", t.grad_accum),
+    ):
+        if value < 1:
+            raise ConfigError(f"{key} must be >= 1, got {value}")
+    if d.image_size % 32:
+        raise ConfigError(
+            f"data.image_size must be a multiple of 32 (backbone stride), got {d.image_size}"
+        )
+    per = world_size * t.grad_accum
+    if d.batch_size % per:
+        raise ConfigError(
+            f"data.batch_size={d.batch_size} is not divisible by world_size*grad_accum={per}"
+        )
+    t.local_batch = d.batch_size // per
+    n = dataset_size * max(1, d.repeat)
+    if n < d.batch_size:
+        raise ConfigError(
+            f"the dataset has {n} images (x repeat) but data.batch_size is {d.batch_size}; "
+            "lower the batch size or raise data.repeat"
+        )
+    t.steps_per_epoch = n // d.batch_size
+    t.total_steps = t.steps if t.steps > 0 else t.epochs * n // d.batch_size
+    if t.total_steps < 1:
+        raise ConfigError("the run has 0 steps: set train.steps or train.epochs")
+    warm_epochs = t.epochs // 100 if o.warmup_epochs < 0 else o.warmup_epochs
+    o.warmup_steps = min(warm_epochs * t.steps_per_epoch, max(t.total_steps - 1, 0))
+    o.peak_lr = o.base_lr * d.batch_size / 256
+    return cfg

@@ -1,0 +1,119 @@
+"""Reproducible, resumable data order for pretraining.
+
+* :class:`EpochSampler` is a :class:`~torch.utils.data.DistributedSampler` whose order is a pure
+  function of ``(seed, epoch)``; it yields ``(epoch, index)`` keys and can skip the samples of the
+  batches already consumed in the current epoch (resume).
+* :class:`SeededItems` turns each key into an item with python / numpy / torch seeded from
+  ``(seed, epoch, index)``, so augmentations do not depend on worker count or on history.
+
+Together they make a resumed run see exactly the batches an uninterrupted run would see.
+"""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+
+def item_seed(seed: int, epoch: int, index: int) -> int:
+    """A 63-bit seed mixing (seed, epoch, index) with SplitMix64-style constants."""
+    x = seed * 0x9E3779B97F4A7C15 + epoch * 0xBF58476D1CE4E5B9 + index * 0x94D049BB133111EB
+    x &= (1 << 64) - 1
+    x ^= x >> 31
+    x = (x * 0xD6E8FEB86659FD93) & ((1 << 64) - 1)
+    return x >> 1
+
+
+class SeededItems(Dataset):
+    """``ds[(epoch, index)] = inner[index % len(inner)]`` computed under RNGs seeded from
+    ``(seed, epoch, index)``. Global RNG states are restored afterwards (so loading in the main
+    process does not disturb the training RNG)."""
+
+    def __init__(self, inner: Dataset, seed: int, repeat: int = 1):
+        self.inner, self.seed, self.repeat = inner, seed, max(1, repeat)
+
+    def __len__(self) -> int:
+        return len(self.inner) * self.repeat
+
+    def __getitem__(self, key):
+        epoch, index = key
+        s = item_seed(self.seed, epoch, index)
+        saved = (random.getstate(), np.random.get_state(), torch.random.get_rng_state())
+        random.seed(s)
+        np.random.seed(s % (2**32))
+        torch.manual_seed(s)
+        try:
+            return self.inner[index % len(self.inner)]
+        finally:
+            random.setstate(saved[0])
+            np.random.set_state(saved[1])
+            torch.random.set_rng_state(saved[2])
+
+
+class EpochSampler(DistributedSampler):
+    """DistributedSampler (shuffle, drop_last) over ``range(size)`` yielding ``(epoch, index)``.
+
+    Call :meth:`set_epoch` each epoch. ``skip`` (samples of this rank to drop from the start of
+    the epoch) is set on resume for the first epoch only and cleared by :meth:`set_epoch`.
+    """
+
+    def __init__(self, size: int, num_replicas: int, rank: int, seed: int):
+        super().__init__(
+            range(size),
+            num_replicas=num_replicas,
+            rank=rank,
+            shuffle=True,
+            seed=seed,
+            drop_last=True,
+        )
+        self.skip = 0
+
+    def set_epoch(self, epoch: int, skip: int = 0) -> None:
+        super().set_epoch(epoch)
+        self.skip = skip
+
+    def __iter__(self):
+        for i, index in enumerate(super().__iter__()):
+            if i >= self.skip:
+                yield (self.epoch, int(index))
+
+    def __len__(self) -> int:
+        return self.num_samples - self.skip
+
+
+def build_dataset(cfg) -> Dataset:
+    """The pretraining dataset named by ``cfg.data.data`` with ``cfg.masks.source`` region maps
+    (``data.repeat`` is applied by :class:`SeededItems`, not here)."""
+    from detcon.data import build_pretrain_dataset
+
+    return build_pretrain_dataset(
+        cfg.data.data, cfg.masks.source, cfg.data.image_size, seed=cfg.train.seed
+    )
+
+
+def num_classes(dataset) -> int:
+    """Number of labels of a class-tree dataset (0 when items carry no ``"label"``)."""
+    classes = getattr(dataset, "classes", None)
+    return len(classes) if classes else int(getattr(dataset, "num_classes", 0) or 0)
+
+
+def build_loader(dataset: Dataset, cfg, rank: int, world: int, device: torch.device):
+    """(loader, sampler) for the resolved config: micro-batches of ``train.local_batch``."""
+    d = cfg.data
+    items = SeededItems(dataset, cfg.train.seed, d.repeat)
+    sampler = EpochSampler(len(items), world, rank, cfg.train.seed)
+    workers = d.num_workers
+    loader = DataLoader(
+        items,
+        batch_size=cfg.train.local_batch,
+        sampler=sampler,
+        num_workers=workers,
+        pin_memory=d.pin_memory and device.type == "cuda",
+        persistent_workers=d.persistent_workers and workers > 0,
+        drop_last=True,
+        prefetch_factor=4 if workers > 0 else None,
+    )
+    return loader, sampler

@@ -1,0 +1,243 @@
+"""Pretraining job: ``train(cfg)`` reads top to bottom (data -> model -> optimizer -> resume ->
+loop: lr/tau -> masks -> forward -> loss -> finite check -> backward -> step -> EMA -> log ->
+checkpoint). The pieces live in :mod:`detcon.engine` and :mod:`detcon.metrics_log`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from detcon import checkpoint
+from detcon import distributed as dist
+from detcon.config import Config, resolve, save_yaml
+from detcon.engine.data import build_dataset, build_loader, num_classes
+from detcon.engine.state import StopFlag, find_resume, make_checkpoint, restore
+from detcon.engine.step import build_models, forward_loss, mask_generator, prepare_masks
+from detcon.metrics_log import (
+    MetricsWriter,
+    memory_mb,
+    save_loss_curve,
+    save_mask_figure,
+    setup_logging,
+)
+from detcon.model import ema_update_
+from detcon.optim import LARS, ema_schedule, lr_schedule, param_groups
+
+log = logging.getLogger("detcon.train")
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN/inf; the last good state was saved before raising."""
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise RuntimeError("train.device=cuda but CUDA is not available; use train.device=cpu")
+        return torch.device("cuda", dist.local_rank()) if name == "cuda" else torch.device(name)
+    return torch.device(name)
+
+
+def autocast_for(cfg, device: torch.device):
+    """The one AMP context: bf16/fp16 autocast, or disabled (fp32; bf16 on CPU unless allowed)."""
+    p = cfg.train.precision
+    enabled = p != "fp32" and (device.type == "cuda" or cfg.train.cpu_autocast)
+    dtype = torch.float16 if p == "fp16" else torch.bfloat16
+    return torch.autocast(device.type, dtype=dtype, enabled=enabled)
+
+
+def build_optimizer(cfg, model: torch.nn.Module):
+    o = cfg.optim
+    groups = param_groups(model, o.weight_decay)
+    if o.optimizer == "lars":
+        return LARS(
+            groups, lr=o.peak_lr, momentum=o.momentum, weight_decay=o.weight_decay, eta=o.eta
+        )
+    if o.optimizer == "sgd":
+        groups = [{k: v for k, v in g.items() if k != "lars_exclude"} for g in groups]
+        return torch.optim.SGD(
+            groups, lr=o.peak_lr, momentum=o.momentum, weight_decay=o.weight_decay
+        )
+    raise ValueError(f"optim.optimizer must be 'lars' or 'sgd', got {o.optimizer!r}")
+
+
+def _to_device(batch: dict, device, channels_last: bool):
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    views = tuple(
+        batch[k].to(device, non_blocking=True).to(memory_format=fmt) for k in ("view_a", "view_b")
+    )
+    masks = tuple(batch[k].to(device, non_blocking=True) for k in ("mask_a", "mask_b"))
+    labels = batch["label"].to(device, non_blocking=True) if "label" in batch else None
+    return views, masks, labels
+
+
+def train(cfg: Config, dataset=None) -> dict:
+    """Run (or resume) pretraining; returns a summary dict (run_dir, checkpoint, step, loss,
+    stopped, seconds). ``dataset`` overrides ``cfg.data`` (tests)."""
+    setup_logging()
+    dist.init_from_env()
+    rank, world, main = dist.rank(), dist.world_size(), dist.is_main()
+    device = pick_device(cfg.train.device)
+    start_time = time.perf_counter()
+    # ---- data
+    dataset = build_dataset(cfg) if dataset is None else dataset
+    resolve(cfg, len(dataset), world)
+    t, o = cfg.train, cfg.optim
+    loader, sampler = build_loader(dataset, cfg, rank, world, device)
+    run_dir = Path(t.out)
+    # ---- model, optimizer
+    online, target = build_models(cfg, device, num_classes(dataset))
+    optimizer = build_optimizer(cfg, online)
+    scaler = torch.amp.GradScaler(device.type, enabled=t.precision == "fp16")
+    model = online
+    if dist.is_dist():
+        ids = [device.index] if device.type == "cuda" else None
+        model = torch.nn.parallel.DistributedDataParallel(online, device_ids=ids)
+    if t.compile:
+        model = torch.compile(model)
+        target = torch.compile(target) if target is not None else None
+    # ---- resume
+    step, resume_from = 0, find_resume(cfg)
+    if resume_from is not None:
+        step = restore(
+            checkpoint.load(resume_from),
+            online,
+            dist.unwrap(target) if target else None,
+            optimizer,
+            scaler,
+        )
+        log.info("resumed from %s at step %d", resume_from, step)
+    if main:
+        save_yaml(cfg, run_dir / "config.yaml")
+        log.info(
+            "run folder %s: %d steps of %d images (%d per process-step), %s on %s, world %d",
+            run_dir,
+            t.total_steps,
+            cfg.data.batch_size,
+            t.local_batch,
+            cfg.loss.method,
+            device,
+            world,
+        )
+
+    def save(name: str = "last.pt") -> Path | None:
+        if not main:
+            return None
+        ckpt = make_checkpoint(
+            cfg, step, online, dist.unwrap(target) if target else None, optimizer, scaler
+        )
+        return checkpoint.save_atomic(ckpt, run_dir / name)
+
+    # ---- loop
+    grid = (cfg.data.image_size // 32, cfg.data.image_size // 32)
+    stop, writer = StopFlag(), MetricsWriter(run_dir)
+    pbar = tqdm(
+        total=t.total_steps,
+        initial=step,
+        disable=not (main and t.progress),
+        desc="pretrain",
+        dynamic_ncols=True,
+    )
+    epoch, skip = divmod(step, t.steps_per_epoch)
+    session_steps, stopped, loss_val = 0, False, float("nan")
+    window = {"t": time.perf_counter(), "wait": 0.0, "steps": 0}
+    try:
+        while step < t.total_steps and not stopped:
+            sampler.set_epoch(epoch, skip=skip * t.local_batch * t.grad_accum)
+            batches = iter(loader)
+            for _ in range(t.steps_per_epoch - skip):
+                lr = lr_schedule(step, t.total_steps, o.warmup_steps, o.peak_lr)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                tau = ema_schedule(step, t.total_steps, o.ema_base)
+                gen = mask_generator(t.seed, step, rank, device)
+                for micro in range(t.grad_accum):
+                    t0 = time.perf_counter()
+                    batch = next(batches)
+                    window["wait"] += time.perf_counter() - t0
+                    if main and not (run_dir / "masks.png").exists():
+                        save_mask_figure(batch, run_dir / "masks.png")
+                    views, masks, labels = _to_device(batch, device, t.channels_last)
+                    cells_a, cells_b, ids_a, ids_b = prepare_masks(
+                        *masks, cfg.masks.num_masks, grid, gen
+                    )
+                    last = micro == t.grad_accum - 1
+                    sync = (
+                        contextlib.nullcontext() if last or not dist.is_dist() else model.no_sync()
+                    )
+                    with sync:
+                        with autocast_for(cfg, device):
+                            loss, con, acc = forward_loss(
+                                model,
+                                target,
+                                views,
+                                (cells_a, cells_b),
+                                (ids_a, ids_b),
+                                cfg,
+                                labels,
+                            )
+                        # finite check BEFORE any update: the saved state is the last good one
+                        if dist.reduce_mean((~torch.isfinite(loss.detach())).float()) > 0:
+                            path = save()
+                            raise NonFiniteLossError(
+                                f"non-finite loss at step {step} (loss={loss.item()}, lr={lr:.4g}, "
+                                f"tau={tau:.5f}); last good state saved to {path}"
+                            )
+                        scaler.scale(loss / t.grad_accum).backward()
+                scaler.step(optimizer)
+                scaler.update()
+                optimizer.zero_grad(set_to_none=True)
+                if target is not None:
+                    ema_update_(dist.unwrap(target), online.net, tau)
+                step, session_steps = step + 1, session_steps + 1
+                window["steps"] += 1
+                pbar.update(1)
+                if step % t.log_every == 0 or step == t.total_steps:
+                    loss_val = dist.reduce_mean(con).item()
+                    elapsed = time.perf_counter() - window["t"]
+                    record = {
+                        "step": step,
+                        "epoch": epoch,
+                        "loss": loss_val,
+                        "lr": lr,
+                        "tau": tau,
+                        "images_per_s": window["steps"] * cfg.data.batch_size / elapsed,
+                        "data_wait": window["wait"] / elapsed,
+                        "memory_mb": memory_mb(device),
+                    }
+                    if acc is not None:
+                        record["probe_acc"] = dist.reduce_mean(acc).item()
+                    writer.write(record)
+                    pbar.set_postfix(loss=f"{loss_val:.4f}", lr=f"{lr:.3g}")
+                    window = {"t": time.perf_counter(), "wait": 0.0, "steps": 0}
+                if t.keep_every and step % t.keep_every == 0:
+                    save(f"step_{step:07d}.pt")
+                stopped = stop.stop or (t.stop_after > 0 and session_steps >= t.stop_after)
+                if step % t.ckpt_every == 0 or step == t.total_steps or stopped:
+                    save()
+                if stopped or step >= t.total_steps:
+                    break
+            epoch, skip = epoch + 1, 0
+    finally:
+        stop.close()
+        pbar.close()
+        writer.close()
+    if main and (run_dir / "metrics.jsonl").exists():
+        save_loss_curve(run_dir / "metrics.jsonl", run_dir / "loss.png")
+    dist.barrier()
+    return {
+        "run_dir": str(run_dir),
+        "checkpoint": str(run_dir / "last.pt"),
+        "step": step,
+        "loss": loss_val,
+        "stopped": stopped,
+        "seconds": time.perf_counter() - start_time,
+    }
