@@ -33,12 +33,12 @@ BUILTIN_PHOTOS = {
 
 
 def builtin_images() -> list[Path]:
-    """Paths of the bundled RGB photographs that exist in the installed scikit-image (sorted
-    by name). Never downloads; raises if none is present."""
+    """Paths of the bundled RGB photographs that exist in the installed scikit-image (in
+    ``BUILTIN_PHOTOS`` order). Never downloads; raises if none is present."""
     import skimage.data
 
     folder = Path(skimage.data.__file__).parent
-    found = [folder / f for _, f in sorted(BUILTIN_PHOTOS.items()) if (folder / f).is_file()]
+    found = [folder / f for f in BUILTIN_PHOTOS.values() if (folder / f).is_file()]
     if not found:
         raise FileNotFoundError(f"no bundled photographs found in {folder}")
     return found
