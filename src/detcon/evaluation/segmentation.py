@@ -1,0 +1,217 @@
+"""Semantic segmentation transfer: linear probe and FCN fine-tuning (PASCAL VOC layout).
+
+- ``linear``: the backbone is frozen in eval mode; a 1x1 conv maps the last-stage features
+  to class logits, upsampled bilinearly to the input size. Cheap probe of spatial features.
+- ``finetune``: FCN (torchvision's ``FCNHead``: 3x3 conv to C/4, BN, ReLU, dropout 0.1, 1x1
+  conv) on the backbone, all layers trained. By default ``layer3``/``layer4`` are dilated
+  (strides replaced by dilation 2 / 4, output stride 8, as torchvision's FCN-ResNet);
+  ``dilate=False`` keeps output stride 32. Weights are the same tensors either way.
+
+Training: SGD momentum 0.9, poly learning-rate decay (power 0.9), cross-entropy with
+``ignore_index=255``; evaluation on full-resolution val images, batch 1, mIoU from the
+accumulated confusion matrix. Single process (see docs/evaluation.md for the DDP note).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from detcon.evaluation.metrics import IGNORE_INDEX, confusion_matrix, iou_from_confusion
+
+log = logging.getLogger(__name__)
+
+
+def dilate_backbone_(backbone: nn.Module) -> nn.Module:
+    """Replace the stride-2 of ``layer3`` and ``layer4`` by dilation (2 and 4), in place.
+
+    Follows torchvision's ``replace_stride_with_dilation=[False, True, True]``: the first block
+    of a dilated stage keeps the previous dilation on its strided 3x3 conv (now stride 1), the
+    later blocks use the new one; the projection shortcut loses its stride.
+    """
+    prev = 1
+    for name, dilation in (("layer3", 2), ("layer4", 4)):
+        for i, block in enumerate(getattr(backbone, name)):
+            d = prev if i == 0 else dilation
+            for conv in block.modules():
+                if isinstance(conv, nn.Conv2d) and conv.kernel_size == (3, 3):
+                    conv.stride, conv.dilation, conv.padding = (1, 1), (d, d), (d, d)
+            if block.downsample is not None:
+                block.downsample[0].stride = (1, 1)
+            block.stride = 1
+        prev = dilation
+    backbone.stride = 8
+    return backbone
+
+
+class SegmentationModel(nn.Module):
+    """``forward(x [B,3,H,W]) -> logits [B,num_classes,H,W]`` (bilinear upsampling)."""
+
+    def __init__(
+        self, backbone: nn.Module, num_classes: int, mode: str = "finetune", dilate: bool = True
+    ):
+        super().__init__()
+        if mode not in ("linear", "finetune"):
+            raise ValueError(f"mode must be 'linear' or 'finetune', got {mode!r}")
+        self.mode = mode
+        self.backbone = backbone
+        channels = backbone.out_channels
+        if mode == "linear":
+            backbone.requires_grad_(False)
+            self.head = nn.Conv2d(channels, num_classes, kernel_size=1)
+        else:
+            from torchvision.models.segmentation.fcn import FCNHead
+
+            if dilate:
+                dilate_backbone_(backbone)
+            self.head = FCNHead(channels, num_classes)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.mode == "linear":
+            self.backbone.eval()  # frozen: BN keeps its running statistics
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.mode == "linear":
+            with torch.no_grad():
+                feats = self.backbone(x)  # [B, C, h, w]
+        else:
+            feats = self.backbone(x)
+        logits = self.head(feats)  # [B, classes, h, w]
+        return F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
+
+
+@torch.no_grad()
+def evaluate_segmentation(model: nn.Module, dataset, num_classes: int, device) -> dict:
+    """mIoU and per-class IoU over ``dataset`` (full-resolution images, batch 1)."""
+    model.eval()
+    cm = torch.zeros(num_classes, num_classes, dtype=torch.long)
+    for img, mask in tqdm(
+        DataLoader(dataset, batch_size=1), desc="segment/eval", unit="img", dynamic_ncols=True
+    ):
+        pred = model(img.to(device)).argmax(1).cpu()  # [1, H, W]
+        cm += confusion_matrix(pred, mask, num_classes)
+    iou, miou = iou_from_confusion(cm)
+    pixel_acc = (cm.diag().sum() / cm.sum().clamp(min=1)).item()
+    return {
+        "miou": miou,
+        "pixel_accuracy": pixel_acc,
+        "per_class_iou": [None if math.isnan(v) else v for v in iou.tolist()],
+    }
+
+
+def train_segmentation(
+    model: SegmentationModel,
+    loader,
+    *,
+    epochs: int,
+    lr: float,
+    weight_decay: float,
+    device,
+    max_iters: int | None = None,
+) -> float:
+    """SGD + poly decay; returns the last loss."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=weight_decay)
+    total = epochs * len(loader)
+    if max_iters is not None:
+        total = min(total, max_iters)
+    if total < 1:
+        raise ValueError("no training steps: check --epochs / --max-iters and the split size")
+    step, loss = 0, torch.tensor(float("nan"))
+    bar = tqdm(total=total, desc=f"segment/{model.mode}", unit="step", dynamic_ncols=True)
+    model.train()
+    while step < total:
+        for img, mask in loader:
+            for g in opt.param_groups:  # poly decay, a pure function of the step
+                g["lr"] = lr * (1 - step / total) ** 0.9
+            logits = model(img.to(device))
+            loss = F.cross_entropy(logits, mask.to(device), ignore_index=IGNORE_INDEX)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"non-finite segmentation loss at step {step}")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            step += 1
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+            if step >= total:
+                break
+    bar.close()
+    return loss.item()
+
+
+def run_segmentation(args) -> dict:
+    """``detcon eval segment``: train on ``--train-split``, report mIoU on ``--val-split``."""
+    from detcon.evaluation.common import (
+        assert_unchanged,
+        backbone_from_args,
+        resolve_device,
+        snapshot_state,
+    )
+    from detcon.evaluation.voc import TrainTransform, VOCSegmentation
+
+    device = resolve_device(args.device)
+    torch.manual_seed(args.seed)
+    backbone, source = backbone_from_args(args)
+    before = snapshot_state(backbone) if args.mode == "linear" else None
+    lr = args.lr if args.lr is not None else (0.1 if args.mode == "linear" else 0.02)
+    model = SegmentationModel(
+        backbone, args.num_classes, args.mode, dilate=not args.no_dilation
+    ).to(device)
+    train_set = VOCSegmentation(
+        args.data, args.train_split, TrainTransform(args.image_size, seed=args.seed)
+    )
+    val_set = VOCSegmentation(args.data, args.val_split)
+    loader = DataLoader(
+        train_set,
+        batch_size=args.batch_size,
+        shuffle=True,
+        drop_last=True,
+        num_workers=args.workers,
+        pin_memory=device.type == "cuda",
+    )
+    if len(loader) == 0:
+        raise ValueError(f"{len(train_set)} training images < --batch-size {args.batch_size}")
+    last_loss = train_segmentation(
+        model,
+        loader,
+        epochs=args.epochs,
+        lr=lr,
+        weight_decay=args.weight_decay,
+        device=device,
+        max_iters=args.max_iters,
+    )
+    metrics = evaluate_segmentation(model, val_set, args.num_classes, device)
+    metrics["final_train_loss"] = last_loss
+    if before is not None:
+        assert_unchanged(backbone, before)  # the linear probe never touches the backbone
+    config = {
+        "mode": args.mode,
+        "epochs": args.epochs,
+        "lr": lr,
+        "schedule": "poly0.9",
+        "weight_decay": args.weight_decay,
+        "batch_size": args.batch_size,
+        "crop": args.image_size,
+        "scale_range": [0.5, 2.0],
+        "dilated": args.mode == "finetune" and not args.no_dilation,
+        "train_split": args.train_split,
+        "val_split": args.val_split,
+        "num_train": len(train_set),
+        "num_val": len(val_set),
+        "max_iters": args.max_iters,
+    }
+    return {
+        "protocol": f"segment-{args.mode}",
+        "backbone": source,
+        "config": config,
+        "metrics": metrics,
+    }
