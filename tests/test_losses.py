@@ -234,3 +234,12 @@ def test_module_wrapper_and_validation():
         detcon_loss(*args[:4], args[4].float(), *args[5:])
     with pytest.raises(ValueError, match="pred_ids2"):
         detcon_loss(*args[:5], args[5][:, :1], *args[6:])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_matches_cpu():
+    args = _random_case(3, 5, 4, 8, 3, seed=21, dtype=torch.float32)
+    ref = detcon_loss(*args, batch_offset=2)
+    out = detcon_loss(*(a.cuda() for a in args), batch_offset=2)
+    assert out.device.type == "cuda"
+    torch.testing.assert_close(out.cpu(), ref)

@@ -132,3 +132,16 @@ def test_sample_errors():
         sample_mask_ids(cells - 1, 4)
     # Default RNG works too.
     assert sample_mask_ids(cells, 3).tolist() == [[0, 0, 0], [0, 0, 0]]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_downsample_and_sample():
+    m = torch.randint(0, 300, (4, 64, 64), dtype=torch.int32)
+    cells = downsample_masks(m.cuda(), (8, 8))
+    assert torch.equal(cells.cpu(), downsample_masks(m, (8, 8)))
+    ids = sample_mask_ids(cells, 16, torch.Generator("cuda").manual_seed(0), other=cells.flip(0))
+    assert ids.device.type == "cuda" and ids.shape == (4, 16)
+    for b in range(4):
+        assert set(ids[b].tolist()) <= set(cells[b].flatten().tolist())
+    with pytest.raises(ValueError, match="generator"):
+        sample_mask_ids(cells, 4, torch.Generator().manual_seed(0))
