@@ -71,6 +71,8 @@ def test_downsample_errors():
         downsample_masks(m - 1, (2, 2))
     with pytest.raises(ValueError, match="positive"):
         downsample_masks(m, (0, 2))
+    with pytest.raises(ValueError, match="pair of ints"):
+        downsample_masks(m, (2.0, 2))
 
 
 def test_downsample_speed_batch_of_224():
@@ -122,8 +124,10 @@ def test_sample_both_views_mode():
 
 def test_sample_errors():
     cells = torch.zeros(2, 3, 3, dtype=torch.long)
-    with pytest.raises(ValueError, match="num_masks"):
-        sample_mask_ids(cells, 0)
+    for bad in (0, 2.0, True):
+        with pytest.raises(ValueError, match="num_masks"):
+            sample_mask_ids(cells, bad)
+    assert sample_mask_ids(cells, torch.tensor(2).numpy()[()]).shape == (2, 2)  # numpy int
     with pytest.raises(TypeError, match="integer"):
         sample_mask_ids(cells.float(), 4)
     with pytest.raises(ValueError, match="other"):

@@ -102,7 +102,7 @@ def _view_loss(
     else:
         # Every non-positive column of the own image, in both views.
         excluded = torch.stack([~pos, torch.ones_like(pos)], 2)  # [B,K,2,Kt]
-    logits = logits.index_put((rows, own), diag.masked_fill(excluded, _EXCLUDED))
+    logits[rows, own] = diag.masked_fill(excluded, _EXCLUDED)  # in place: no copy of logits
     lse = torch.logsumexp(logits, dim=(1, 3, 4))  # [B,K] log-partition over all 2NKt columns
 
     num_pos = pos.sum(-1)  # [B,K]

@@ -7,6 +7,8 @@ cost memory): everything is done by sorting ids within a cell or an image.
 
 from __future__ import annotations
 
+import operator
+
 import torch
 from torch import Tensor
 
@@ -44,9 +46,13 @@ def downsample_masks(label_maps: Tensor, grid: tuple[int, int] | int) -> Tensor:
         argmax takes the first maximum). An id that wins no cell is absent at this resolution.
     """
     _check_label_tensor("label_maps", label_maps)
-    gh, gw = (grid, grid) if isinstance(grid, int) else tuple(grid)
+    try:
+        gh, gw = (grid, grid) if isinstance(grid, int) else tuple(grid)
+        gh, gw = operator.index(gh), operator.index(gw)
+    except (TypeError, ValueError):
+        raise ValueError(f"grid must be an int or a pair of ints (h, w), got {grid!r}") from None
     B, H, W = label_maps.shape
-    if not (isinstance(gh, int) and isinstance(gw, int)) or gh <= 0 or gw <= 0:
+    if gh <= 0 or gw <= 0:
         raise ValueError(f"grid must be positive ints (h, w), got {grid!r}")
     if H % gh or W % gw:
         raise ValueError(f"grid {gh}x{gw} does not divide the label map size {H}x{W}")
@@ -87,8 +93,13 @@ def sample_mask_ids(
         ``LongTensor[B,K]`` on ``cell_ids``'s device.
     """
     _check_label_tensor("cell_ids", cell_ids)
-    if isinstance(num_masks, bool) or not isinstance(num_masks, int) or num_masks < 1:
+    try:
+        k = operator.index(num_masks)  # accepts numpy ints, rejects floats
+    except TypeError:
+        k = 0
+    if isinstance(num_masks, bool) or k < 1:
         raise ValueError(f"num_masks must be an int >= 1, got {num_masks!r}")
+    num_masks = k
     if generator is not None and generator.device.type != cell_ids.device.type:
         raise ValueError(
             f"generator is on {generator.device}, cell_ids on {cell_ids.device}: "
