@@ -87,7 +87,9 @@ def add_parser(subparsers) -> None:
     p = sub.add_parser("detect", help="Mask R-CNN + FPN detection on COCO layout")
     _common(p, image_size=800, batch_size=16, epochs=0)
     p.add_argument("--images", help="training images dir (default ROOT/train2017)")
-    p.add_argument("--val-images", help="validation images dir (default ROOT/val2017)")
+    p.add_argument(
+        "--val-images", help="validation images dir (default: --images if given, else ROOT/val2017)"
+    )
     p.add_argument("--train-json", help="default ROOT/annotations/instances_train2017.json")
     p.add_argument("--val-json", help="default ROOT/annotations/instances_val2017.json")
     p.add_argument("--max-iters", type=int, default=90_000, help="1x schedule: 90k at batch 16")
