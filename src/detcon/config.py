@@ -344,7 +344,7 @@ def resolve(cfg: Config, dataset_size: int, world_size: int = 1) -> Config:
     * ``train.steps_per_epoch = dataset_size * repeat // batch_size`` (drop_last, official);
     * ``train.total_steps = steps`` if set, else ``epochs * dataset_size * repeat // batch_size``
       (official ``num_epochs * 1281167 // 4096``);
-    * ``optim.warmup_steps = warmup_epochs * steps_per_epoch`` with ``warmup_epochs = epochs // 100``
+    * ``optim.warmup_steps = warmup_epochs * dataset_size * repeat // batch_size`` with ``warmup_epochs = epochs // 100``
       when -1 (official), capped below total_steps;
     * ``optim.peak_lr = base_lr * batch_size / 256``;
     * byol / simclr force the whole-image mask and K = 1.
@@ -387,6 +387,6 @@ def resolve(cfg: Config, dataset_size: int, world_size: int = 1) -> Config:
     if t.total_steps < 1:
         raise ConfigError("the run has 0 steps: set train.steps or train.epochs")
     warm_epochs = t.epochs // 100 if o.warmup_epochs < 0 else o.warmup_epochs
-    o.warmup_steps = min(warm_epochs * t.steps_per_epoch, max(t.total_steps - 1, 0))
+    o.warmup_steps = min(warm_epochs * n // d.batch_size, max(t.total_steps - 1, 0))
     o.peak_lr = o.base_lr * d.batch_size / 256
     return cfg

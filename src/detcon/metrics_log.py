@@ -132,7 +132,7 @@ def save_mask_figure(batch: dict, out: str | os.PathLike, max_images: int = 4) -
                 ax.imshow(img)
             else:
                 ax.imshow(x.numpy() % 20, cmap="tab20", vmin=0, vmax=19, interpolation="nearest")
-                key = f"{key} ({int(x.max()) + 1} ids)"
+                key = f"{key} ({len(x.unique())} ids)"
             ax.set_title(key, fontsize=8)
             ax.axis("off")
     fig.tight_layout()
