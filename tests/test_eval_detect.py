@@ -13,7 +13,7 @@ from detcon.evaluation.coco import CocoInstances
 from detcon.evaluation.detection import coco_evaluate, lr_factor, predictions_to_coco
 
 
-def make_coco(root, n=3, size=48, seed=0):
+def make_coco(root, n=2, size=48, seed=0):
     """Images with one red square (category 3, polygon) and one blue square (category 7,
     uncompressed RLE) each."""
     from pycocotools import mask as mask_utils

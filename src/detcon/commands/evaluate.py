@@ -104,6 +104,7 @@ def add_parser(subparsers) -> None:
     p.add_argument(
         "--max-size", type=int, default=None, help="longest side (default 1333 * image-size / 800)"
     )
+    p.add_argument("--max-detections", type=int, default=100, help="per image (COCO: 100)")
     p.add_argument("--eval-only", action="store_true", help="skip training (sanity check)")
     p.set_defaults(func=run, protocol="detect")
 

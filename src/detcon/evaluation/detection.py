@@ -31,10 +31,12 @@ def build_mask_rcnn(
     frozen_bn: bool = False,
     min_size: int = 800,
     max_size: int = 1333,
+    max_detections: int = 100,
 ) -> nn.Module:
     """Mask R-CNN with FPN on ``backbone`` (modified in place). ``num_classes`` excludes the
     background. Images are resized so the short side is ``min_size`` (long side capped at
-    ``max_size``) and normalised inside the model with the ImageNet mean/std."""
+    ``max_size``) and normalised inside the model with the ImageNet mean/std; at most
+    ``max_detections`` per image are kept (COCO's standard 100)."""
     from torchvision.models.detection import MaskRCNN
     from torchvision.models.detection.backbone_utils import BackboneWithFPN
     from torchvision.ops import FrozenBatchNorm2d
@@ -50,7 +52,13 @@ def build_mask_rcnn(
         out_channels=256,
         extra_blocks=LastLevelMaxPool(),
     )
-    return MaskRCNN(fpn, num_classes=num_classes + 1, min_size=min_size, max_size=max_size)
+    return MaskRCNN(
+        fpn,
+        num_classes=num_classes + 1,
+        min_size=min_size,
+        max_size=max_size,
+        box_detections_per_img=max_detections,
+    )
 
 
 def _freeze_bn(module: nn.Module, frozen_cls) -> nn.Module:
@@ -257,6 +265,7 @@ def run_detection(args) -> dict | None:
             frozen_bn=args.frozen_bn,
             min_size=args.image_size,
             max_size=max_size,
+            max_detections=args.max_detections,
         )
         if distributed and not args.frozen_bn:
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
@@ -299,6 +308,7 @@ def run_detection(args) -> dict | None:
         "min_size": args.image_size,
         "max_size": max_size,
         "frozen_bn": args.frozen_bn,
+        "max_detections": args.max_detections,
         "sync_bn": distributed and not args.frozen_bn,
         "world_size": world,
         "train_json": str(train_json),
