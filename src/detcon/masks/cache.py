@@ -25,6 +25,7 @@ import io
 import json
 import os
 import tempfile
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -126,7 +127,7 @@ class MaskCache:
         try:
             with np.load(entry, allow_pickle=False) as z:
                 return z["labels"], json.loads(str(z["meta"]))
-        except (OSError, ValueError, KeyError, EOFError, json.JSONDecodeError):
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
             return None  # unreadable entry (e.g. disk full earlier): treated as missing
 
     def get(self, image_path: str | os.PathLike) -> np.ndarray | None:

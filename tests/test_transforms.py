@@ -1,0 +1,115 @@
+"""TwoViewTransform: masks stay aligned with the image through crop/flip/resize; colour ops
+never touch masks; crop windows follow the official (clipped) or torchvision rule."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from detcon.data.transforms import (
+    TwoViewTransform,
+    _photometric,
+    official_crop_box,
+    paired_geometry,
+    torchvision_crop_box,
+)
+
+H, W = 48, 64  # non-square, so a transposed or swapped axis cannot pass
+
+
+def _coordinate_pair():
+    """Image whose red = x ramp and green = y ramp; mask id = y * W + x (pixel coordinates)."""
+    y, x = np.mgrid[0:H, 0:W]
+    img = np.zeros((H, W, 3), dtype=np.uint8)
+    img[..., 0] = np.round(x * 255 / (W - 1))
+    img[..., 1] = np.round(y * 255 / (H - 1))
+    return Image.fromarray(img), (y * W + x).astype(np.int64)
+
+
+@pytest.mark.parametrize("crop", ["official", "torchvision"])
+@pytest.mark.parametrize("size", [32, 96])  # downscaling and upscaling crops
+def test_mask_ids_label_the_same_pixels_after_crop_and_flip(crop, size):
+    image, mask = _coordinate_pair()
+    tf = TwoViewTransform(size, crop=crop, photometric=False, normalize=False)
+    gen = torch.Generator().manual_seed(0)
+    flips = 0
+    for _ in range(12):
+        item = tf(image, mask, generator=gen)
+        for key in "ab":
+            view = item[f"view_{key}"].numpy() * 255  # [3, S, S]
+            m = item[f"mask_{key}"].numpy()
+            assert m.dtype == np.int64 and m.shape == (size, size)
+            x_img = view[0] * (W - 1) / 255  # position the image pixel came from
+            y_img = view[1] * (H - 1) / 255
+            err_x = np.abs(x_img - m % W)
+            err_y = np.abs(y_img - m // W)
+            # bicubic vs nearest differ by at most ~half a source pixel (+ edge clamping)
+            assert err_x.max() < 1.0 and err_y.max() < 1.0, (err_x.max(), err_y.max())
+            assert err_x.mean() < 0.35 and err_y.mean() < 0.35
+            flips += int(m[0, 0] % W > m[0, -1] % W)
+    assert 0 < flips < 24  # both orientations were exercised
+
+
+def test_flip_is_one_coin_for_image_and_mask():
+    image, mask = _coordinate_pair()
+    img, m = paired_geometry(image, mask, (0, 0, H, W), flip=True, size=16)
+    arr = np.asarray(img)
+    assert m[0, 0] % W > m[0, -1] % W and arr[0, 0, 0] > arr[0, -1, 0]
+
+
+def test_colour_ops_leave_masks_untouched():
+    image, mask = _coordinate_pair()
+    on = TwoViewTransform(32, photometric=True, blur_p=(1.0, 1.0), solarize_p=(1.0, 1.0))
+    off = TwoViewTransform(32, photometric=False)
+    torch.manual_seed(0)
+    a = on(image, mask, generator=torch.Generator().manual_seed(5))
+    b = off(image, mask, generator=torch.Generator().manual_seed(5))
+    for key in ("mask_a", "mask_b"):
+        assert torch.equal(a[key], b[key])
+    assert not torch.allclose(a["view_a"], b["view_a"])  # colour ops did run on the image
+
+
+def test_large_ids_survive_without_wrap():
+    image = Image.new("RGB", (40, 30))
+    mask = (np.arange(30 * 40).reshape(30, 40) * 97).astype(np.int64)  # ids up to ~116k
+    item = TwoViewTransform(20, photometric=False)(image, mask)
+    for key in ("mask_a", "mask_b"):
+        assert item[key].dtype == torch.int64 and item[key].max() > 65535
+        assert set(item[key].unique().tolist()) <= set(mask.ravel().tolist())
+
+
+def test_output_contract_and_normalisation():
+    image, mask = _coordinate_pair()
+    item = TwoViewTransform(32)(image, mask)
+    assert set(item) == {"view_a", "view_b", "mask_a", "mask_b"}
+    assert item["view_a"].dtype == torch.float32 and item["view_a"].shape == (3, 32, 32)
+    assert item["view_a"].min() < 0  # mean-subtracted
+    with pytest.raises(ValueError, match="does not match"):
+        TwoViewTransform(32)(image, mask[:10])
+    with pytest.raises(ValueError, match="crop"):
+        TwoViewTransform(32, crop="random")
+
+
+def test_official_crop_is_clipped_without_rejection():
+    g = torch.Generator().manual_seed(0)
+    # area 1.0 and ratio 4/3 on a square: w = round(sqrt(1e4 * 4/3)) = 115 -> clipped to 100
+    top, left, h, w = official_crop_box(
+        100, 100, scale=(1.0, 1.0), ratio=(4 / 3, 4 / 3), generator=g
+    )
+    assert (w, h, left) == (100, round(math.sqrt(1e4 * 3 / 4)), 0) and 0 <= top <= 100 - h
+    for _ in range(200):
+        top, left, h, w = official_crop_box(30, 50, generator=g)
+        assert 1 <= h <= 30 and 1 <= w <= 50 and top + h <= 30 and left + w <= 50
+    for _ in range(50):
+        top, left, h, w = torchvision_crop_box(30, 50, generator=g)
+        assert top + h <= 30 and left + w <= 50 and 3 / 4 - 0.1 <= w / h <= 4 / 3 + 0.2
+
+
+def test_blur_kernel_scales_with_image_size():
+    def kernel(size):
+        ops = _photometric(size, 1.0, 0.0, 0.8, 0.2).transforms
+        return ops[2].transforms[0].kernel_size
+
+    assert kernel(224) == (23, 23) and kernel(64) == (7, 7) and kernel(16) == (1, 1)
