@@ -267,8 +267,11 @@ def run_detection(args) -> dict | None:
             max_size=max_size,
             max_detections=args.max_detections,
         )
-        if distributed and not args.frozen_bn:
+        sync_bn = distributed and not args.frozen_bn and device.type == "cuda"
+        if sync_bn:
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        elif distributed and not args.frozen_bn:  # SyncBatchNorm is GPU-only in PyTorch
+            log.warning("DDP on CPU: BN statistics stay per-process (no SyncBN on CPU)")
         model.to(device)
         train_model = model
         if distributed:
@@ -309,7 +312,7 @@ def run_detection(args) -> dict | None:
         "max_size": max_size,
         "frozen_bn": args.frozen_bn,
         "max_detections": args.max_detections,
-        "sync_bn": distributed and not args.frozen_bn,
+        "sync_bn": sync_bn,
         "world_size": world,
         "train_json": str(train_json),
         "val_json": str(val_json),
