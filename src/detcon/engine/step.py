@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from detcon import distributed as dist
+from detcon.engine.syncbn import convert_sync_batchnorm
 from detcon.losses import detcon_loss
 from detcon.masks import downsample_masks, sample_mask_ids
 from detcon.model import DetConNet, build_backbone, make_target
@@ -58,8 +59,8 @@ def build_models(cfg, device: torch.device, num_classes: int = 0):
         predictor=uses_target(cfg.loss.method),
         pred_hidden=m.pred_hidden,
     )
-    if dist.is_dist():
-        net = nn.SyncBatchNorm.convert_sync_batchnorm(net)
+    if dist.is_dist():  # BN statistics over the global batch, as the official cross-replica BN
+        net = convert_sync_batchnorm(net, device)
     net = net.to(device)
     if cfg.train.channels_last:
         net = net.to(memory_format=torch.channels_last)
