@@ -23,12 +23,24 @@ class RankZeroFilter(logging.Filter):
         return dist.is_main() or record.levelno >= logging.WARNING
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is at emit time (robust to redirection and capture)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value):
+        pass
+
+
 def setup_logging(level: int = logging.INFO) -> None:
     """One stderr handler on the ``detcon`` logger, filtered to rank 0; idempotent."""
     logger = logging.getLogger("detcon")
     logger.setLevel(level)
     if not any(getattr(h, "_detcon", False) for h in logger.handlers):
-        handler = logging.StreamHandler(sys.stderr)
+        handler = _StderrHandler()
         handler._detcon = True
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
         handler.addFilter(RankZeroFilter())

@@ -17,7 +17,7 @@ from detcon import checkpoint
 from detcon import distributed as dist
 from detcon.config import Config, resolve, save_yaml
 from detcon.engine.data import build_dataset, build_loader, num_classes
-from detcon.engine.state import StopFlag, find_resume, make_checkpoint, restore
+from detcon.engine.state import BufferGuard, StopFlag, find_resume, make_checkpoint, restore
 from detcon.engine.step import build_models, forward_loss, mask_generator, prepare_masks
 from detcon.metrics_log import (
     MetricsWriter,
@@ -139,6 +139,7 @@ def train(cfg: Config, dataset=None) -> dict:
     # ---- loop
     grid = (cfg.data.image_size // 32, cfg.data.image_size // 32)
     stop, writer = StopFlag(), MetricsWriter(run_dir)
+    guard = BufferGuard(online, target)
     pbar = tqdm(
         total=t.total_steps,
         initial=step,
@@ -159,6 +160,7 @@ def train(cfg: Config, dataset=None) -> dict:
                     group["lr"] = lr
                 tau = ema_schedule(step, t.total_steps, o.ema_base)
                 gen = mask_generator(t.seed, step, rank, device)
+                guard.snapshot()
                 for micro in range(t.grad_accum):
                     t0 = time.perf_counter()
                     batch = next(batches)
@@ -186,6 +188,7 @@ def train(cfg: Config, dataset=None) -> dict:
                             )
                         # finite check BEFORE any update: the saved state is the last good one
                         if dist.reduce_mean((~torch.isfinite(loss.detach())).float()) > 0:
+                            guard.restore()  # undo the BN statistics of the bad forward
                             path = save()
                             raise NonFiniteLossError(
                                 f"non-finite loss at step {step} (loss={loss.item()}, lr={lr:.4g}, "

@@ -1,0 +1,117 @@
+"""A few CPU steps of every method on tiny synthetic data; outputs; non-finite loss handling."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from detcon import checkpoint
+from detcon.config import load_config
+from detcon.data import SyntheticDataset, TwoViewTransform
+from detcon.train import NonFiniteLossError, train
+
+TINY = [
+    "data.data=synthetic:8",
+    "data.image_size=64",
+    "data.batch_size=4",
+    "data.num_workers=0",
+    "model.backbone=resnet18",
+    "model.proj_hidden=64",
+    "model.proj_dim=32",
+    "model.pred_hidden=64",
+    "masks.num_masks=4",
+    "train.device=cpu",
+    "train.precision=fp32",
+    "train.channels_last=false",
+    "train.progress=false",
+    "train.log_every=1",
+    "optim.warmup_epochs=0",
+]
+
+
+def tiny_cfg(tmp_path, *extra):
+    return load_config(None, TINY + [f"train.out={tmp_path}"] + list(extra))
+
+
+class Labelled(torch.utils.data.Dataset):
+    """Synthetic items with a label (two classes), for the online probe."""
+
+    classes = ["even", "odd"]
+
+    def __init__(self, n=8):
+        self.inner = SyntheticDataset(n, size=64, transform=TwoViewTransform(64, photometric=False))
+
+    def __len__(self):
+        return len(self.inner)
+
+    def __getitem__(self, i):
+        return {**self.inner[i], "label": i % 2}
+
+
+@pytest.mark.parametrize("method", ["detcon_b", "detcon_s", "byol", "simclr"])
+def test_each_method_trains(method, tmp_path):
+    cfg = tiny_cfg(tmp_path, f"loss.method={method}", "train.steps=2")
+    summary = train(cfg)
+    assert summary["step"] == 2 and not summary["stopped"]
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2]
+    for r in rows:
+        assert r["loss"] > 0 and r["images_per_s"] > 0 and 0 <= r["data_wait"] <= 1
+        assert r["memory_mb"] > 0 and 0.996 <= r["tau"] <= 1
+    ckpt = checkpoint.load(tmp_path / "last.pt")
+    assert ckpt["kind"] == "detcon-pretrain" and ckpt["step"] == 2
+    assert ckpt["config"]["loss"]["method"] == method
+    assert (ckpt["target"] is None) == (method in ("detcon_s", "simclr"))
+    assert any(k.startswith("backbone.") for k in ckpt["online"])
+    if method in ("byol", "simclr"):
+        assert ckpt["config"]["masks"]["num_masks"] == 1
+    for name in ("config.yaml", "masks.png", "loss.png"):
+        assert (tmp_path / name).is_file(), name
+    assert any((tmp_path / "tb").iterdir())
+
+
+def test_weights_change_and_probe_learns_from_labels(tmp_path):
+    cfg = tiny_cfg(tmp_path, "train.steps=2", "optim.base_lr=1.0")
+    summary = train(cfg, dataset=Labelled())
+    ckpt = checkpoint.load(summary["checkpoint"])
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert all(0 <= r["probe_acc"] <= 1 for r in rows)
+    assert ckpt["extra"]["probe"]["weight"].shape == (2, 512)
+    # the target moved towards the online weights but is not equal to them (EMA, tau < 1)
+    on, tg = ckpt["online"]["projector.fc1.weight"], ckpt["target"]["projector.fc1.weight"]
+    assert not torch.equal(on, tg)
+
+
+class PoisonAfter(torch.utils.data.Dataset):
+    """Items become NaN images after ``good`` reads (main-process loading)."""
+
+    def __init__(self, good):
+        self.inner, self.reads, self.good = SyntheticDataset(8, size=64), 0, good
+
+    def __len__(self):
+        return len(self.inner)
+
+    def __getitem__(self, i):
+        item, self.reads = self.inner[i], self.reads + 1
+        if self.reads > self.good:
+            item["view_a"] = torch.full_like(item["view_a"], float("nan"))
+        return item
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_state(tmp_path):
+    cfg = tiny_cfg(tmp_path, "train.steps=5")
+    with pytest.raises(NonFiniteLossError, match=r"non-finite loss at step 1 .*last good state"):
+        train(cfg, dataset=PoisonAfter(good=4))  # step 0 reads 4 good items, step 1 is NaN
+    ckpt = checkpoint.load(tmp_path / "last.pt")
+    assert ckpt["step"] == 1
+    assert all(torch.isfinite(v).all() for v in ckpt["online"].values() if v.is_floating_point())
+
+
+def test_cli_bad_key_is_a_clear_error(capsys):
+    from detcon.cli import main
+
+    assert main(["pretrain", "train.stepz=3"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown config key 'train.stepz'" in err and "train.steps" in err
