@@ -1,0 +1,165 @@
+"""Step time of DetCon_B (K masks, FH-like region maps) versus BYOL (whole-image mask, K=1).
+
+Same backbone, batch, image size, heads and optimizer; the two steps are interleaved in ONE
+run (alternating blocks) so machine load affects both alike. Each step is the full training
+step of ``detcon.train``: mask reduction + id sampling, online + target forward, loss,
+backward, LARS step, EMA update. Data are synthetic tensors already on the device.
+
+    python benchmarks/bench_step.py --backbone resnet18 --image-size 128 --batch 16   # CPU
+    python benchmarks/bench_step.py --device cuda --backbone resnet50 --image-size 224 --batch 256
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+import torch
+
+from detcon.config import load_config, resolve
+from detcon.engine.step import build_models, forward_loss, mask_generator, prepare_masks
+from detcon.model import ema_update_
+from detcon.train import autocast_for, build_optimizer
+
+
+def fh_like_maps(batch: int, size: int, generator: torch.Generator) -> torch.Tensor:
+    """Voronoi region maps ``[B,S,S]`` int64 with 8-30 regions each (FH-like: irregular,
+    many sizes). Ids are contiguous 0..n-1."""
+    yy, xx = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
+    maps = []
+    for _ in range(batch):
+        n = int(torch.randint(8, 31, (), generator=generator))
+        seeds = torch.rand(n, 2, generator=generator) * size
+        d = (yy[None] - seeds[:, 0, None, None]) ** 2 + (xx[None] - seeds[:, 1, None, None]) ** 2
+        maps.append(d.argmin(0))
+    return torch.stack(maps)
+
+
+def make_step(method: str, args, device: torch.device):
+    """A closure running one full training step; returns (step_fn, config)."""
+    cfg = load_config(
+        None,
+        [
+            f"loss.method={method}",
+            f"model.backbone={args.backbone}",
+            f"model.proj_hidden={args.proj_hidden}",
+            f"model.pred_hidden={args.proj_hidden}",
+            f"model.proj_dim={args.proj_dim}",
+            f"data.image_size={args.image_size}",
+            f"data.batch_size={args.batch}",
+            f"masks.num_masks={args.num_masks}",
+            f"train.precision={args.precision}",
+            f"train.channels_last={args.channels_last}",
+            f"train.compile={args.compile}",
+            "train.probe=false",
+        ],
+    )
+    resolve(cfg, dataset_size=args.batch)
+    online, target = build_models(cfg, device)
+    optimizer = build_optimizer(cfg, online)
+    scaler = torch.amp.GradScaler(device.type, enabled=args.precision == "fp16")
+    model = torch.compile(online) if args.compile else online
+    g = torch.Generator().manual_seed(0)
+    s, b = args.image_size, args.batch
+    fmt = torch.channels_last if args.channels_last else torch.contiguous_format
+    views = tuple(
+        torch.randn(b, 3, s, s, generator=g).to(device, memory_format=fmt) for _ in range(2)
+    )
+    whole = method in ("byol", "simclr")
+    masks = tuple(
+        (torch.zeros(b, s, s, dtype=torch.long) if whole else fh_like_maps(b, s, g)).to(device)
+        for _ in range(2)
+    )
+    grid = (s // 32, s // 32)
+
+    def step(i: int) -> torch.Tensor:
+        cells_a, cells_b, ids_a, ids_b = prepare_masks(
+            *masks, cfg.masks.num_masks, grid, mask_generator(0, i, 0, device)
+        )
+        with autocast_for(cfg, device):
+            loss, _, _ = forward_loss(model, target, views, (cells_a, cells_b), (ids_a, ids_b), cfg)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+        if target is not None:
+            ema_update_(target, online.net, 0.99)
+        return loss.detach()
+
+    return step, cfg
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(step, i: int, device) -> float:
+    sync(device)
+    t0 = time.perf_counter()
+    step(i)
+    sync(device)
+    return time.perf_counter() - t0
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--backbone", default="resnet18")
+    p.add_argument("--image-size", type=int, default=128)
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--num-masks", type=int, default=16)
+    p.add_argument("--proj-hidden", type=int, default=4096, help="official 4096")
+    p.add_argument("--proj-dim", type=int, default=256, help="official 256")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
+    p.add_argument("--channels-last", action="store_true")
+    p.add_argument("--compile", action="store_true")
+    p.add_argument("--warmup", type=int, default=2, help="untimed steps per method")
+    p.add_argument("--rounds", type=int, default=5, help="interleaved rounds")
+    p.add_argument("--steps", type=int, default=2, help="timed steps per method per round")
+    p.add_argument("--json", help="also write the result here")
+    args = p.parse_args(argv)
+    device = torch.device(args.device)
+    steps = {m: make_step(m, args, device)[0] for m in ("detcon_b", "byol")}
+    for fn in steps.values():
+        for i in range(args.warmup):
+            fn(i)
+    times = {m: [] for m in steps}
+    for r in range(args.rounds):
+        order = ("detcon_b", "byol") if r % 2 == 0 else ("byol", "detcon_b")
+        for m in order:
+            times[m] += [
+                timed(steps[m], 100 + r * args.steps + j, device) for j in range(args.steps)
+            ]
+    med = {m: statistics.median(v) for m, v in times.items()}
+    result = {
+        "device": str(device),
+        "threads": torch.get_num_threads(),
+        "backbone": args.backbone,
+        "image_size": args.image_size,
+        "batch": args.batch,
+        "num_masks": args.num_masks,
+        "precision": args.precision,
+        "proj_hidden": args.proj_hidden,
+        "steps_per_method": len(times["byol"]),
+        "detcon_b_s": med["detcon_b"],
+        "byol_s": med["byol"],
+        "ratio": med["detcon_b"] / med["byol"],
+    }
+    print(f"{'method':<10} {'median step (s)':>16} {'images/s':>10}")
+    for m in ("detcon_b", "byol"):
+        print(f"{m:<10} {med[m]:>16.4f} {args.batch / med[m]:>10.1f}")
+    print(
+        f"DetCon_B / BYOL step-time ratio: {result['ratio']:.3f} "
+        f"({(result['ratio'] - 1) * 100:+.1f}%; target <= +5%)"
+    )
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=2)
+    return result
+
+
+if __name__ == "__main__":
+    main()
