@@ -186,8 +186,16 @@ def train(cfg: Config, dataset=None) -> dict:
                                 cfg,
                                 labels,
                             )
+                        # one collective, agreed by all ranks: [any non-finite loss, any signal]
+                        flags = torch.stack(
+                            [
+                                (~torch.isfinite(loss.detach())).float(),
+                                torch.tensor(float(stop.stop), device=device),
+                            ]
+                        )
+                        bad, signalled = (dist.reduce_mean(flags) > 0).tolist()
                         # finite check BEFORE any update: the saved state is the last good one
-                        if dist.reduce_mean((~torch.isfinite(loss.detach())).float()) > 0:
+                        if bad:
                             guard.restore()  # undo the BN statistics of the bad forward
                             path = save()
                             raise NonFiniteLossError(
@@ -223,7 +231,7 @@ def train(cfg: Config, dataset=None) -> dict:
                     window = {"t": time.perf_counter(), "wait": 0.0, "steps": 0}
                 if t.keep_every and step % t.keep_every == 0:
                     save(f"step_{step:07d}.pt")
-                stopped = stop.stop or (t.stop_after > 0 and session_steps >= t.stop_after)
+                stopped = signalled or (t.stop_after > 0 and session_steps >= t.stop_after)
                 if step % t.ckpt_every == 0 or step == t.total_steps or stopped:
                     save()
                 if stopped or step >= t.total_steps:
