@@ -54,9 +54,10 @@ def test_mask_ids_label_the_same_pixels_after_crop_and_flip(crop, size):
 
 def test_flip_is_one_coin_for_image_and_mask():
     image, mask = _coordinate_pair()
-    img, m = paired_geometry(image, mask, (0, 0, H, W), flip=True, size=16)
-    arr = np.asarray(img)
-    assert m[0, 0] % W > m[0, -1] % W and arr[0, 0, 0] > arr[0, -1, 0]
+    pixels = torch.from_numpy(np.array(image)).permute(2, 0, 1)
+    img, m = paired_geometry(pixels, mask, (0, 0, H, W), flip=True, size=16)
+    assert img.dtype == torch.uint8 and img.shape == (3, 16, 16)
+    assert m[0, 0] % W > m[0, -1] % W and img[0, 0, 0] > img[0, 0, -1]
 
 
 def test_colour_ops_leave_masks_untouched():

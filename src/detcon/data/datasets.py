@@ -133,7 +133,7 @@ class ImageListDataset(Dataset):
         path = self.files[i]
         size = (image.height, image.width)
         if self.cache is not None:
-            labels = self.cache.get(path)
+            labels = self.cache.get(path, dtype=None)  # stored dtype, ids exact; cast after crop
             if labels is not None and labels.shape == size:
                 return labels
         if i in self._memo:

@@ -7,7 +7,7 @@ Recipe (detcon-official.md sections 2-3, BYOL's asymmetric views), per view inde
    uniform integer offsets, no rejection loop. ``crop="torchvision"``: RandomResizedCrop's
    10-trial rejection sampler with a centre-crop fallback (deviation, option);
 2. horizontal flip with p=0.5, one coin for image and mask;
-3. resize to ``image_size``: bicubic (antialiased) for the image, **nearest** for the mask;
+3. resize to ``image_size``: bicubic (antialiased, torch) for the image, **nearest** for the mask;
 4. image only: colour jitter p=0.8 (brightness 0.4, contrast 0.4, saturation 0.2, hue 0.1 in
    random order), grayscale p=0.2, Gaussian blur p=1.0 (view a) / 0.1 (view b) with sigma
    U(0.1, 2.0) and a ``2·int(S/20)+1``-tap kernel (23 at 224, like dm_pix's radius 11),
@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from PIL import Image
 from torchvision.transforms import v2
+from torchvision.transforms.v2 import functional as F
 
 __all__ = ["TwoViewTransform", "official_crop_box", "torchvision_crop_box", "paired_geometry"]
 
@@ -85,20 +86,21 @@ def _nearest_index(n_in: int, n_out: int) -> np.ndarray:
 
 
 def paired_geometry(
-    image: Image.Image, mask: np.ndarray, box: tuple[int, int, int, int], flip: bool, size: int
-) -> tuple[Image.Image, np.ndarray]:
+    image: torch.Tensor, mask: np.ndarray, box: tuple[int, int, int, int], flip: bool, size: int
+) -> tuple[torch.Tensor, np.ndarray]:
     """Crop ``box=(top, left, h, w)``, optionally flip, and resize to ``size x size``.
 
-    Image: bicubic (PIL, antialiased when shrinking). Mask ``[H, W]``: nearest with the same
-    pixel-centre convention, returned as ``int64 [size, size]``.
+    Image: uint8 ``[3, H, W]`` tensor -> uint8 ``[3, size, size]``, bicubic with antialiasing
+    (torch's uint8 fast path). Mask ``[H, W]``: nearest with the same pixel-centre convention,
+    returned as ``int64 [size, size]``.
     """
     top, left, h, w = box
-    img = image.crop((left, top, left + w, top + h))
+    img = image[:, top : top + h, left : left + w]
     m = mask[top : top + h, left : left + w]
     if flip:
-        img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        img = img.flip(-1)
         m = m[:, ::-1]
-    img = img.resize((size, size), Image.Resampling.BICUBIC)
+    img = F.resize(img, [size, size], interpolation=F.InterpolationMode.BICUBIC, antialias=True)
     m = m[_nearest_index(h, size)[:, None], _nearest_index(w, size)[None, :]]
     return img, m.astype(np.int64)
 
@@ -161,12 +163,11 @@ class TwoViewTransform:
         )
         self._norm = v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)
 
-    def view(self, image: Image.Image, mask: np.ndarray, which: int = 0, generator=None):
-        """One augmented view: ``(float [3,S,S], int64 [S,S])``."""
-        box = self._box(image.height, image.width, self.scale, self.ratio, generator)
+    def view(self, image: torch.Tensor, mask: np.ndarray, which: int = 0, generator=None):
+        """One augmented view of a uint8 ``[3, H, W]`` image: ``(float [3,S,S], int64 [S,S])``."""
+        box = self._box(image.shape[1], image.shape[2], self.scale, self.ratio, generator)
         flip = float(torch.rand((), generator=generator)) < self.flip_p
-        img, m = paired_geometry(image, mask, box, flip, self.image_size)
-        x = torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1)  # [3,S,S]
+        x, m = paired_geometry(image, mask, box, flip, self.image_size)  # uint8 [3,S,S]
         if self.photo is not None:
             x = self.photo[which](x)
         x = x.float().div_(255.0)
@@ -180,8 +181,9 @@ class TwoViewTransform:
             raise ValueError(
                 f"mask shape {mask.shape} does not match image size {(image.height, image.width)}"
             )
-        view_a, mask_a = self.view(image, mask, 0, generator)
-        view_b, mask_b = self.view(image, mask, 1, generator)
+        pixels = F.pil_to_tensor(image)  # uint8 [3, H, W], shared by both views
+        view_a, mask_a = self.view(pixels, mask, 0, generator)
+        view_b, mask_b = self.view(pixels, mask, 1, generator)
         return {"view_a": view_a, "view_b": view_b, "mask_a": mask_a, "mask_b": mask_b}
 
     def __repr__(self) -> str:

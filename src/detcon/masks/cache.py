@@ -130,8 +130,12 @@ class MaskCache:
         except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
             return None  # unreadable entry (e.g. disk full earlier): treated as missing
 
-    def get(self, image_path: str | os.PathLike) -> np.ndarray | None:
-        """The cached map ``int32 [H, W]`` of an image, or ``None`` if missing or stale."""
+    def get(self, image_path: str | os.PathLike, dtype=np.int32) -> np.ndarray | None:
+        """The cached map ``int32 [H, W]`` of an image, or ``None`` if missing or stale.
+
+        ``dtype=None`` returns the stored array (uint8 / uint16 / int32, ids exact) without a
+        full-resolution copy: the data loader casts only the cropped views.
+        """
         entry = self.path(image_path)
         if not entry.is_file():
             return None
@@ -150,7 +154,9 @@ class MaskCache:
             and meta.get("params") == self.params
             and list(labels.shape) == meta.get("size")
         )
-        return labels.astype(np.int32) if fresh else None
+        if not fresh:
+            return None
+        return labels if dtype is None else labels.astype(dtype, copy=False)
 
     def put(self, image_path: str | os.PathLike, labels: np.ndarray) -> Path:
         """Store ``labels`` (integer ``[H, W]``, ids ``0..n-1``) for an image; returns the file."""
