@@ -135,3 +135,47 @@ def test_generate_writes_voc_coco_and_unlabelled(tmp_path, monkeypatch):
 def test_generate_rejects_bad_sizes(tmp_path):
     with pytest.raises(ValueError):
         scenes.generate(tmp_path, 0, 1, 32, seed=0)
+
+
+def _efficiency():
+    path = _PATH.with_name("efficiency.py")
+    spec = importlib.util.spec_from_file_location("efficiency", path)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["efficiency"] = mod  # dataclasses look their module up here
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_efficiency_steps_to_reach_hand_cases():
+    eff = _efficiency()
+    steps = [10, 20, 40, 80]
+    # Crossing between 20 (0.30) and 40 (0.50) at a third of the way in log2 steps: 20 * 2**(1/3).
+    reach, kind = eff.steps_to_reach(steps, [0.1, 0.3, 0.5, 0.6], 0.3 + 0.2 / 3)
+    assert kind == "interpolated" and reach == pytest.approx(20 * 2 ** (1 / 3))
+    assert eff.steps_to_reach(steps, [0.5, 0.6, 0.7, 0.8], 0.4) == (10.0, "at most")
+    assert eff.steps_to_reach(steps, [0.1, 0.2, 0.3, 0.35], 0.4) == (None, "not reached")
+    # Exactly on a budget counts as reached there.
+    assert eff.steps_to_reach(steps, [0.1, 0.4, 0.5, 0.6], 0.4) == (pytest.approx(20.0), "interpolated")
+
+
+def test_efficiency_summary_speedup_and_loop_seconds(tmp_path):
+    eff = _efficiency()
+    s = eff.SETTINGS["smoke"]  # 8 steps: budgets 1, 2, 4, 8
+    recs = [
+        {"run": "BYOL", "seed": 0, "step": b, "seconds": b, "miou": 0.2 + 0.01 * b}
+        for b in (1, 2, 4, 8)
+    ]
+    recs += [
+        {"run": "DetCon_B", "seed": 0, "step": b, "seconds": b, "miou": 0.2 + 0.02 * b}
+        for b in (1, 2, 4, 8)
+    ]
+    cmp = eff.summarise(recs, [0.1], s)["detcon_b_vs_byol"]
+    # BYOL final 0.28; DetCon_B: 0.24 at 2, 0.28 at 4 -> reached exactly at 4 steps: 2x fewer.
+    assert cmp["detcon_b_steps"] == pytest.approx(4.0) and cmp["speedup"] == pytest.approx(2.0)
+    assert eff.summarise(recs, [0.5], s)["detcon_b_vs_byol"]["speedup"] is None  # below floor
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text("data: {batch_size: 10}\n")
+    lines = [{"step": 5, "images_per_s": 25.0}, {"step": 10, "images_per_s": 50.0}]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    assert eff.loop_seconds(run) == {5: 2.0, 10: 3.0}  # 50 images / 25 per s, then + 50 / 50
