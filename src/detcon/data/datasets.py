@@ -73,6 +73,8 @@ def resolve_masks(masks: Any, data_root=None):
         cache = masks
     elif isinstance(masks, (str, os.PathLike)) and Path(masks).is_dir():
         cache = MaskCache(masks, data_root=data_root)
+    elif isinstance(masks, os.PathLike) or (isinstance(masks, str) and os.sep in masks):
+        raise FileNotFoundError(f"mask cache folder not found: {masks}")
     elif isinstance(masks, (str, dict)):
         return None, build_generator(masks)
     elif callable(masks):
