@@ -15,6 +15,7 @@ from detcon.config import load_config, resolve
 from detcon.engine.step import build_models, forward_loss
 
 B, S, K = 4, 64, 3  # global batch, image side, masks per view
+METHODS = ("detcon_b", "detcon_s")
 TINY = [
     "model.backbone=resnet18",
     "model.proj_hidden=32",
@@ -59,16 +60,18 @@ def _loss_and_grads(method, lo, hi):
     return loss.detach(), grads
 
 
-def _worker(rank, world, port, method, out):
+def _worker(rank, world, port, out):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
     tdist.init_process_group("gloo", rank=rank, world_size=world)
     try:
-        per = B // world
-        loss, grads = _loss_and_grads(method, rank * per, (rank + 1) * per)
-        tdist.all_reduce(loss)
+        per, results = B // world, {}
+        for method in METHODS:
+            loss, grads = _loss_and_grads(method, rank * per, (rank + 1) * per)
+            tdist.all_reduce(loss)
+            results[method] = {"loss": loss / world, "grads": grads}
         if rank == 0:
-            torch.save({"loss": loss / world, "grads": grads}, out)
+            torch.save(results, out)
     finally:
         tdist.destroy_process_group()
 
@@ -79,11 +82,17 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.parametrize("method", ["detcon_b", "detcon_s"])
-def test_two_process_matches_full_batch(method, tmp_path):
-    out = tmp_path / "ddp.pt"
-    mp.spawn(_worker, args=(2, _free_port(), method, str(out)), nprocs=2, join=True)
-    ddp = torch.load(out, weights_only=True)
+@pytest.fixture(scope="module")
+def ddp_results(tmp_path_factory):
+    """One two-process run (both methods) shared by the tests below."""
+    out = tmp_path_factory.mktemp("ddp") / "ddp.pt"
+    mp.spawn(_worker, args=(2, _free_port(), str(out)), nprocs=2, join=True)
+    return torch.load(out, weights_only=True)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_two_process_matches_full_batch(method, ddp_results):
+    ddp = ddp_results[method]
     loss, grads = _loss_and_grads(method, 0, B)
     assert torch.allclose(ddp["loss"], loss, rtol=1e-5, atol=1e-6), (ddp["loss"], loss)
     assert set(ddp["grads"]) == set(grads)
