@@ -66,7 +66,7 @@ def _process(path: str) -> tuple[str, str, int | str]:
     from detcon.data.decode import DecodeError, load_image
 
     gen, cache = _STATE["generator"], _STATE["cache"]
-    cached = cache.get(path)
+    cached = cache.get(path, dtype=None)
     if cached is not None:
         return path, "reused", int(cached.max(initial=0)) + 1
     try:
