@@ -17,6 +17,7 @@ import statistics
 import time
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 from detcon.config import load_config, resolve
 from detcon.engine.step import build_models, forward_loss, mask_generator, prepare_masks
@@ -91,6 +92,14 @@ def make_step(method: str, args, device: torch.device):
     return step, cfg
 
 
+def step_flops(step) -> int:
+    """FLOPs of one full step (matmuls and convolutions, forward and backward)."""
+    counter = FlopCounterMode(display=False)
+    with counter:
+        step(0)
+    return counter.get_total_flops()
+
+
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -120,12 +129,16 @@ def main(argv=None) -> dict:
     p.add_argument("--rounds", type=int, default=5, help="interleaved rounds")
     p.add_argument("--steps", type=int, default=2, help="timed steps per method per round")
     p.add_argument("--json", help="also write the result here")
+    p.add_argument("--flops-only", action="store_true", help="count FLOPs, skip the timing")
     args = p.parse_args(argv)
     device = torch.device(args.device)
+    if args.flops_only:
+        args.warmup, args.rounds = 0, 0
     steps = {m: make_step(m, args, device)[0] for m in ("detcon_b", "byol")}
     for fn in steps.values():
         for i in range(args.warmup):
             fn(i)
+    flops = {m: step_flops(fn) for m, fn in steps.items()}  # machine-independent cost
     times = {m: [] for m in steps}
     for r in range(args.rounds):
         order = ("detcon_b", "byol") if r % 2 == 0 else ("byol", "detcon_b")
@@ -133,7 +146,7 @@ def main(argv=None) -> dict:
             times[m] += [
                 timed(steps[m], 100 + r * args.steps + j, device) for j in range(args.steps)
             ]
-    med = {m: statistics.median(v) for m, v in times.items()}
+    med = {m: statistics.median(v) if v else float("nan") for m, v in times.items()}
     result = {
         "device": str(device),
         "threads": torch.get_num_threads(),
@@ -147,10 +160,13 @@ def main(argv=None) -> dict:
         "detcon_b_s": med["detcon_b"],
         "byol_s": med["byol"],
         "ratio": med["detcon_b"] / med["byol"],
+        "detcon_b_gflop": flops["detcon_b"] / 1e9,
+        "byol_gflop": flops["byol"] / 1e9,
+        "flop_ratio": flops["detcon_b"] / flops["byol"],
     }
-    print(f"{'method':<10} {'median step (s)':>16} {'images/s':>10}")
+    print(f"{'method':<10} {'median step (s)':>16} {'images/s':>10} {'GFLOP/step':>11}")
     for m in ("detcon_b", "byol"):
-        print(f"{m:<10} {med[m]:>16.4f} {args.batch / med[m]:>10.1f}")
+        print(f"{m:<10} {med[m]:>16.4f} {args.batch / med[m]:>10.1f} {flops[m] / 1e9:>11.1f}")
     print(
         f"DetCon_B / BYOL step-time ratio: {result['ratio']:.3f} "
         f"({(result['ratio'] - 1) * 100:+.1f}%; target <= +5%)"

@@ -19,20 +19,11 @@ import sys
 from pathlib import Path
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_step import make_step, sync, timed  # noqa: E402
+from bench_step import make_step, step_flops, sync, timed  # noqa: E402
 
 H200_BF16_DENSE_TFLOPS = 989.0
-
-
-def step_flops(step) -> int:
-    """FLOPs of one full step (matmuls and convolutions, forward and backward)."""
-    counter = FlopCounterMode(display=False)
-    with counter:
-        step(0)
-    return counter.get_total_flops()
 
 
 def main(argv=None) -> dict:

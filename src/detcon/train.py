@@ -148,7 +148,7 @@ def train(cfg: Config, dataset=None) -> dict:
         dynamic_ncols=True,
     )
     epoch, skip = divmod(step, t.steps_per_epoch)
-    session_steps, stopped, loss_val = 0, False, float("nan")
+    session_steps, stopped, loss_val, drew_masks = 0, False, float("nan"), None
     window = {"t": time.perf_counter(), "wait": 0.0, "steps": 0}
     try:
         while step < t.total_steps and not stopped:
@@ -165,8 +165,8 @@ def train(cfg: Config, dataset=None) -> dict:
                     t0 = time.perf_counter()
                     batch = next(batches)
                     window["wait"] += time.perf_counter() - t0
-                    if main and not (run_dir / "masks.png").exists():
-                        save_mask_figure(batch, run_dir / "masks.png")
+                    if main and not drew_masks:  # the first batch's views and region maps
+                        drew_masks = save_mask_figure(batch, run_dir / "masks.png")
                     views, masks, labels = _to_device(batch, device, t.channels_last)
                     cells_a, cells_b, ids_a, ids_b = prepare_masks(
                         *masks, cfg.masks.num_masks, grid, gen
