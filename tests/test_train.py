@@ -50,9 +50,16 @@ class Labelled(torch.utils.data.Dataset):
         return {**self.inner[i], "label": i % 2}
 
 
+# byol also runs the bf16 autocast path on CPU, detcon_s gradient accumulation (2 x 2 images)
+EXTRA = {
+    "byol": ["train.precision=bf16", "train.cpu_autocast=true"],
+    "detcon_s": ["train.grad_accum=2"],
+}
+
+
 @pytest.mark.parametrize("method", ["detcon_b", "detcon_s", "byol", "simclr"])
 def test_each_method_trains(method, tmp_path):
-    cfg = tiny_cfg(tmp_path, f"loss.method={method}", "train.steps=2")
+    cfg = tiny_cfg(tmp_path, f"loss.method={method}", "train.steps=2", *EXTRA.get(method, []))
     summary = train(cfg)
     assert summary["step"] == 2 and not summary["stopped"]
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]

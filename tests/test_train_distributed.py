@@ -86,7 +86,8 @@ def _free_port() -> int:
 def ddp_results(tmp_path_factory):
     """One two-process run (both methods) shared by the tests below."""
     out = tmp_path_factory.mktemp("ddp") / "ddp.pt"
-    mp.spawn(_worker, args=(2, _free_port(), str(out)), nprocs=2, join=True)
+    # fork: the children reuse the imported modules (spawn re-imports torch: ~10 s here)
+    mp.start_processes(_worker, args=(2, _free_port(), str(out)), nprocs=2, start_method="fork")
     return torch.load(out, weights_only=True)
 
 
