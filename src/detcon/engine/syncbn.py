@@ -10,8 +10,24 @@ from __future__ import annotations
 
 import torch
 import torch.distributed as tdist
-import torch.distributed.nn.functional as dist_fn
 from torch import nn
+
+
+class _AllReduceSum(torch.autograd.Function):
+    """Sum over processes; the backward sums the gradients too (every process's output depends
+    on every process's input)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        x = x.clone()
+        tdist.all_reduce(x)
+        return x
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.clone()
+        tdist.all_reduce(grad)
+        return grad
 
 
 class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
@@ -31,7 +47,7 @@ class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
         xf = x.float()
         count = torch.tensor([x.numel() / x.shape[1]], dtype=torch.float32, device=x.device)
         stats = torch.cat([xf.sum(dims), (xf * xf).sum(dims), count])  # [2C + 1]
-        stats = dist_fn.all_reduce(stats)  # gradient flows back to every process
+        stats = _AllReduceSum.apply(stats)  # gradient flows back to every process
         c = x.shape[1]
         n = stats[-1]
         mean = stats[:c] / n
