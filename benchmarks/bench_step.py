@@ -76,11 +76,11 @@ def make_step(method: str, args, device: torch.device):
     grid = (s // 32, s // 32)
 
     def step(i: int) -> torch.Tensor:
-        cells_a, cells_b, ids_a, ids_b = prepare_masks(
+        cells, ids = prepare_masks(
             *masks, cfg.masks.num_masks, grid, mask_generator(0, i, 0, device)
         )
         with autocast_for(cfg, device):
-            loss, _, _ = forward_loss(model, target, views, (cells_a, cells_b), (ids_a, ids_b), cfg)
+            loss, _, _ = forward_loss(model, target, views, cells, ids, cfg)
         scaler.scale(loss).backward()
         scaler.step(optimizer)
         scaler.update()

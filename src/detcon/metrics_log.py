@@ -9,6 +9,7 @@ import math
 import os
 import resource
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -54,6 +55,26 @@ def memory_mb(device: torch.device) -> float:
         return torch.cuda.max_memory_allocated(device) / 2**20
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return rss / 2**20 if sys.platform == "darwin" else rss / 1024
+
+
+class Throughput:
+    """Images/s and the fraction of wall time spent waiting for data since the last record."""
+
+    def __init__(self, batch_size: int):
+        self.batch_size = batch_size
+        self.reset()
+
+    def reset(self) -> None:
+        self.start, self.wait, self.steps = time.perf_counter(), 0.0, 0
+
+    def record(self) -> dict:
+        elapsed = max(time.perf_counter() - self.start, 1e-9)
+        out = {
+            "images_per_s": self.steps * self.batch_size / elapsed,
+            "data_wait": self.wait / elapsed,
+        }
+        self.reset()
+        return out
 
 
 class MetricsWriter:

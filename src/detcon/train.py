@@ -5,9 +5,9 @@ checkpoint). The pieces live in :mod:`detcon.engine` and :mod:`detcon.metrics_lo
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -21,6 +21,7 @@ from detcon.engine.state import BufferGuard, StopFlag, find_resume, make_checkpo
 from detcon.engine.step import build_models, forward_loss, mask_generator, prepare_masks
 from detcon.metrics_log import (
     MetricsWriter,
+    Throughput,
     memory_mb,
     save_loss_curve,
     save_mask_figure,
@@ -67,6 +68,15 @@ def build_optimizer(cfg, model: torch.nn.Module):
             groups, lr=o.peak_lr, momentum=o.momentum, weight_decay=o.weight_decay
         )
     raise ValueError(f"optim.optimizer must be 'lars' or 'sgd', got {o.optimizer!r}")
+
+
+def _agree(loss: torch.Tensor, stop: bool, device) -> tuple[bool, bool]:
+    """One collective so every rank takes the same branch: (any non-finite loss, any signal)."""
+    flags = torch.stack(
+        [(~torch.isfinite(loss.detach())).float(), torch.tensor(float(stop), device=device)]
+    )
+    bad, signalled = (dist.reduce_mean(flags) > 0).tolist()
+    return bad, signalled
 
 
 def _to_device(batch: dict, device, channels_last: bool):
@@ -149,7 +159,7 @@ def train(cfg: Config, dataset=None) -> dict:
     )
     epoch, skip = divmod(step, t.steps_per_epoch)
     session_steps, stopped, loss_val, drew_masks = 0, False, float("nan"), None
-    window = {"t": time.perf_counter(), "wait": 0.0, "steps": 0}
+    meter = Throughput(cfg.data.batch_size)
     try:
         while step < t.total_steps and not stopped:
             sampler.set_epoch(epoch, skip=skip * t.local_batch * t.grad_accum)
@@ -164,43 +174,24 @@ def train(cfg: Config, dataset=None) -> dict:
                 for micro in range(t.grad_accum):
                     t0 = time.perf_counter()
                     batch = next(batches)
-                    window["wait"] += time.perf_counter() - t0
+                    meter.wait += time.perf_counter() - t0
                     if main and not drew_masks:  # the first batch's views and region maps
                         drew_masks = save_mask_figure(batch, run_dir / "masks.png")
                     views, masks, labels = _to_device(batch, device, t.channels_last)
-                    cells_a, cells_b, ids_a, ids_b = prepare_masks(
-                        *masks, cfg.masks.num_masks, grid, gen
-                    )
+                    cells, ids = prepare_masks(*masks, cfg.masks.num_masks, grid, gen)
                     last = micro == t.grad_accum - 1
-                    sync = (
-                        contextlib.nullcontext() if last or not dist.is_dist() else model.no_sync()
-                    )
+                    sync = model.no_sync() if dist.is_dist() and not last else nullcontext()
                     with sync:
                         with autocast_for(cfg, device):
                             loss, con, acc = forward_loss(
-                                model,
-                                target,
-                                views,
-                                (cells_a, cells_b),
-                                (ids_a, ids_b),
-                                cfg,
-                                labels,
+                                model, target, views, cells, ids, cfg, labels
                             )
-                        # one collective, agreed by all ranks: [any non-finite loss, any signal]
-                        flags = torch.stack(
-                            [
-                                (~torch.isfinite(loss.detach())).float(),
-                                torch.tensor(float(stop.stop), device=device),
-                            ]
-                        )
-                        bad, signalled = (dist.reduce_mean(flags) > 0).tolist()
-                        # finite check BEFORE any update: the saved state is the last good one
-                        if bad:
+                        bad, signalled = _agree(loss, stop.stop, device)
+                        if bad:  # checked BEFORE any update: what we save is the last good state
                             guard.restore()  # undo the BN statistics of the bad forward
-                            path = save()
                             raise NonFiniteLossError(
                                 f"non-finite loss at step {step} (loss={loss.item()}, lr={lr:.4g}, "
-                                f"tau={tau:.5f}); last good state saved to {path}"
+                                f"tau={tau:.5f}); last good state saved to {save()}"
                             )
                         scaler.scale(loss / t.grad_accum).backward()
                 scaler.step(optimizer)
@@ -208,27 +199,23 @@ def train(cfg: Config, dataset=None) -> dict:
                 optimizer.zero_grad(set_to_none=True)
                 if target is not None:
                     ema_update_(dist.unwrap(target), online.net, tau)
-                step, session_steps = step + 1, session_steps + 1
-                window["steps"] += 1
+                step, session_steps, meter.steps = step + 1, session_steps + 1, meter.steps + 1
                 pbar.update(1)
                 if step % t.log_every == 0 or step == t.total_steps:
                     loss_val = dist.reduce_mean(con).item()
-                    elapsed = time.perf_counter() - window["t"]
                     record = {
                         "step": step,
                         "epoch": epoch,
                         "loss": loss_val,
                         "lr": lr,
                         "tau": tau,
-                        "images_per_s": window["steps"] * cfg.data.batch_size / elapsed,
-                        "data_wait": window["wait"] / elapsed,
+                        **meter.record(),
                         "memory_mb": memory_mb(device),
                     }
                     if acc is not None:
                         record["probe_acc"] = dist.reduce_mean(acc).item()
                     writer.write(record)
                     pbar.set_postfix(loss=f"{loss_val:.4f}", lr=f"{lr:.3g}")
-                    window = {"t": time.perf_counter(), "wait": 0.0, "steps": 0}
                 if t.keep_every and step % t.keep_every == 0:
                     save(f"step_{step:07d}.pt")
                 stopped = signalled or (t.stop_after > 0 and session_steps >= t.stop_after)

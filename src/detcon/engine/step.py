@@ -77,13 +77,12 @@ def mask_generator(seed: int, step: int, rank: int, device: torch.device) -> tor
 
 
 def prepare_masks(mask_a, mask_b, num_masks: int, grid: tuple[int, int], gen):
-    """Region maps ``[B,S,S]`` -> cell ids ``[B,h,w]`` (majority vote) and K sampled ids per
-    view ``[B,K]``, drawn ONCE per view here and passed to both online and target."""
-    cells_a = downsample_masks(mask_a, grid)  # [B, h, w]
-    cells_b = downsample_masks(mask_b, grid)
-    ids_a = sample_mask_ids(cells_a, num_masks, gen)  # [B, K]
-    ids_b = sample_mask_ids(cells_b, num_masks, gen)
-    return cells_a, cells_b, ids_a, ids_b
+    """Region maps ``[B,S,S]`` -> ``(cells, ids)``: cell ids ``([B,h,w], [B,h,w])`` (majority
+    vote) and K sampled ids per view ``([B,K], [B,K])``, drawn ONCE per view here and passed to
+    both online and target."""
+    cells = (downsample_masks(mask_a, grid), downsample_masks(mask_b, grid))  # [B, h, w] x 2
+    ids = tuple(sample_mask_ids(c, num_masks, gen) for c in cells)  # [B, K] x 2
+    return cells, ids
 
 
 def forward_loss(model, target, views, cells, ids, cfg, labels=None):
