@@ -74,8 +74,14 @@ def run(args) -> int:
     if args.list_recipes:
         print("\n".join(recipe_names()))
         return 0
+    overrides = overrides_from_args(args)
+    log.info(
+        "config: %s%s",
+        args.config or f"{QUICKSTART} (no --config given)",
+        f" + {' '.join(overrides)}" if overrides else "",
+    )
     try:
-        cfg = load_config(args.config or QUICKSTART, overrides_from_args(args))
+        cfg = load_config(args.config or QUICKSTART, overrides)
     except ConfigError as err:
         log.error("config error: %s", err)
         return 2
