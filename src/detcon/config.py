@@ -39,6 +39,12 @@ class DataConfig:
     data: str = "builtin"
     """Image source: a folder of images (recursive), ``builtin`` (scikit-image's sample
     photographs, no download) or ``synthetic:N`` (N random blocky images, for tests)."""
+    coco_json: str = ""
+    """COCO instances JSON (``data`` is then the images folder); needed by ``masks.source=coco``."""
+    class_tree: bool = False
+    """``data`` is ``root/<class>/...``: items carry labels (enables the online linear probe)."""
+    crop: str = "official"
+    """Crop window rule: ``official`` (clipped, no rejection) or ``torchvision``."""
     image_size: int = 224
     """Side S of each square view, pixels (official: 224)."""
     batch_size: int = 4096

@@ -89,8 +89,15 @@ def build_dataset(cfg) -> Dataset:
     (``data.repeat`` is applied by :class:`SeededItems`, not here)."""
     from detcon.data import build_pretrain_dataset
 
+    d = cfg.data
     return build_pretrain_dataset(
-        cfg.data.data, cfg.masks.source, cfg.data.image_size, seed=cfg.train.seed
+        d.data,
+        cfg.masks.source,
+        d.image_size,
+        crop=d.crop,
+        coco_json=d.coco_json or None,
+        class_tree=d.class_tree,
+        seed=cfg.train.seed,
     )
 
 
