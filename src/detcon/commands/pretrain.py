@@ -85,6 +85,7 @@ def run(args) -> int:
     except ConfigError as err:
         log.error("config error: %s", err)
         return 2
+    from detcon import distributed
     from detcon.train import NonFiniteLossError, train
 
     try:
@@ -95,6 +96,8 @@ def run(args) -> int:
     except NonFiniteLossError as err:
         log.error("%s", err)
         return 3
+    finally:
+        distributed.destroy()
     run_dir = summary["run_dir"]
     state = "stopped early (resume with --resume)" if summary["stopped"] else "finished"
     log.info(
