@@ -21,11 +21,12 @@ Everything in it is tensors and plain Python containers, so :func:`load` uses
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from detcon.fileio import atomic_write
 
 FORMAT_VERSION = 1
 BACKBONE_PREFIX = "backbone."
@@ -37,18 +38,8 @@ def save_atomic(obj: Any, path: str | os.PathLike) -> Path:
     A crash at any point leaves either the old file or the new one, never a partial file.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_write(path, "wb") as f:
+        torch.save(obj, f)
     return path
 
 

@@ -31,7 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser.add_argument("--version", action="version", version=f"detcon {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name, module in COMMANDS.items():
+    for module in COMMANDS.values():
         try:
             mod = importlib.import_module(f"detcon.commands.{module}")
         except ModuleNotFoundError as err:  # pragma: no cover - only while a command is missing

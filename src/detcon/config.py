@@ -18,7 +18,6 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import os
-import tempfile
 import types
 import typing
 from dataclasses import dataclass, field
@@ -26,6 +25,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from detcon.fileio import atomic_write
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 METHODS = ("detcon_b", "detcon_s", "byol", "simclr")
@@ -335,11 +336,8 @@ def from_dict(data: dict) -> Config:
 def save_yaml(cfg: Config, path: str | os.PathLike) -> Path:
     """Write the config as YAML atomically (temp file + os.replace)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
+    with atomic_write(path, "w") as f:
         yaml.safe_dump(to_dict(cfg), f, sort_keys=False)
-    os.replace(tmp, path)
     return path
 
 

@@ -29,7 +29,6 @@ from __future__ import annotations
 import os
 import pickle
 import re
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +36,7 @@ import torch
 from torch import nn
 
 from detcon import checkpoint as ckpt_io
+from detcon.fileio import atomic_path
 
 FORMATS = ("torchvision", "timm", "detectron2", "safetensors")
 
@@ -229,17 +229,10 @@ def export_checkpoint(
     backbone = build_backbone(arch, width_multiplier=width)
     backbone.load_state_dict(state, strict=True)  # the source itself must be complete
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    os.close(fd)
-    try:
-        meta = {"arch": arch, "width_multiplier": width, "which": which, "step": ckpt.get("step")}
-        _write(fmt, state, Path(tmp), meta)
-        framework = verify_export(fmt, Path(tmp), state, backbone, arch, width)
-        os.replace(tmp, out)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    meta = {"arch": arch, "width_multiplier": width, "which": which, "step": ckpt.get("step")}
+    with atomic_path(out) as tmp:  # renamed onto ``out`` only if verification passes
+        _write(fmt, state, tmp, meta)
+        framework = verify_export(fmt, tmp, state, backbone, arch, width)
     return {
         "format": fmt,
         "path": str(out),

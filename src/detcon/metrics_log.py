@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from detcon import distributed as dist
+from detcon.fileio import atomic_path
 
 
 class RankZeroFilter(logging.Filter):
@@ -136,10 +137,11 @@ def _save_fig(fig, out) -> Path:
     import matplotlib.pyplot as plt
 
     out = Path(out)
-    tmp = out.with_name(f".{out.name}.tmp.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    os.replace(tmp, out)
+    try:
+        with atomic_path(out, fsync=False) as tmp:
+            fig.savefig(tmp)
+    finally:
+        plt.close(fig)
     return out
 
 

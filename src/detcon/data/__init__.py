@@ -2,12 +2,12 @@
 maps, and the paired (geometry) + per-image (photometry) augmentations.
 
 Names are resolved lazily from the submodules listed in ``_EXPORTS`` so that importing
-the package stays cheap (scikit-image is only imported when a generator is used).
+the package stays cheap (heavy imports happen on first use).
 """
 
 from __future__ import annotations
 
-import importlib
+from detcon._lazy import lazy_exports
 
 # public name -> submodule that defines it
 _EXPORTS = {
@@ -25,12 +25,4 @@ _EXPORTS = {
     "build_pretrain_dataset": "builtin",
 }
 
-
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted(list(globals()) + list(_EXPORTS))
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

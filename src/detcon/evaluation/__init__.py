@@ -7,7 +7,7 @@ Names are resolved lazily so that importing the package stays cheap.
 
 from __future__ import annotations
 
-import importlib
+from detcon._lazy import lazy_exports
 
 # public name -> submodule that defines it
 _EXPORTS = {
@@ -28,12 +28,4 @@ _EXPORTS = {
     "run_detection": "detection",
 }
 
-
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted(list(globals()) + list(_EXPORTS))
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

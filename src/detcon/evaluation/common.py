@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from detcon import checkpoint as ckpt_io
+from detcon.fileio import atomic_write
 
 
 def build_backbone(name: str, width_multiplier: int = 1) -> nn.Module:
@@ -121,17 +121,9 @@ def default_result_path(args, protocol: str) -> Path:
 def write_result(result: dict, path: str | os.PathLike) -> Path:
     """Write ``result`` as indented JSON atomically (temp file + ``os.replace``)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(result, f, indent=2, sort_keys=True, default=_json_default)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_write(path, "w") as f:
+        json.dump(result, f, indent=2, sort_keys=True, default=_json_default)
+        f.write("\n")
     return path
 
 

@@ -7,7 +7,7 @@ the package stays cheap (scikit-image is imported only when a generator is used)
 
 from __future__ import annotations
 
-import importlib
+from detcon._lazy import lazy_exports
 
 # public name -> submodule that defines it
 _EXPORTS = {
@@ -23,12 +23,4 @@ _EXPORTS = {
     "CocoMasks": "coco",
 }
 
-
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted(list(globals()) + list(_EXPORTS))
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
