@@ -3,7 +3,7 @@
 Every method is pretrained with the same backbone, image size, batch, schedule, heads and seed
 on the unlabelled split of the semi-synthetic scenes (``benchmarks/scenes.py``). Checkpoints at
 1/8, 1/4, 1/2 and 1 of the total steps are evaluated with the frozen-backbone linear
-segmentation probe (``detcon eval segment --mode linear``) on the val split, whose objects are
+segmentation probe of ``seg_probe.py`` (standardised features) on the val split, whose objects are
 stamp files never seen in pretraining. Repeated over seeds. Outputs in ``--out``::
 
     results.json   every evaluation (method, masks, seed, step, seconds, mIoU) + summary
@@ -55,7 +55,7 @@ class Setting:
     warmup_epochs: int
     fh: tuple[float, int]  # FH (scale, min_size) on the scenes; sigma 0.8 (official)
     grid: int  # side g of the g x g spatial-grid masks
-    probe: tuple[int, int, int]  # linear probe: train images, iterations, batch
+    probe: tuple[int, int, int]  # linear probe: train images, epochs, batch
     device: str
     precision: str
     workers: int
@@ -71,21 +71,21 @@ SETTINGS = {
     "small": Setting(
         scenes=(2000, 500, 128), image_size=96, backbone="resnet18", batch_size=32,
         steps=128, seeds=(0, 1), heads=(512, 128, 512), base_lr=8.0, ema_base=0.99,
-        warmup_epochs=-1, fh=(1000.0, 100), grid=4, probe=(1000, 60, 16),
+        warmup_epochs=0, fh=(1000.0, 100), grid=4, probe=(1000, 30, 64),
         device="cpu", precision="fp32", workers=1, threads=2,
     ),
     # Minutes: checks that the whole pipeline runs (numbers are meaningless).
     "smoke": Setting(
         scenes=(64, 24, 64), image_size=64, backbone="resnet18", batch_size=16,
         steps=8, seeds=(0,), heads=(64, 32, 64), base_lr=8.0, ema_base=0.99,
-        warmup_epochs=0, fh=(1000.0, 25), grid=4, probe=(32, 4, 8),
+        warmup_epochs=0, fh=(1000.0, 25), grid=4, probe=(32, 2, 8),
         device="cpu", precision="fp32", workers=0, threads=2,
     ),
     # One GPU: 224 px views (7x7 grid, as the paper), ResNet-50, official heads.
     "gpu": Setting(
         scenes=(20000, 2000, 256), image_size=224, backbone="resnet50", batch_size=256,
         steps=4000, seeds=(0, 1, 2), heads=(4096, 256, 4096), base_lr=1.0, ema_base=0.99,
-        warmup_epochs=2, fh=(1000.0, 400), grid=4, probe=(5000, 1000, 32),
+        warmup_epochs=2, fh=(1000.0, 400), grid=4, probe=(5000, 30, 64),
         device="cuda", precision="bf16", workers=8, threads=0,
     ),
 }  # fmt: skip
@@ -224,18 +224,21 @@ def loop_seconds(run: Path) -> dict[int, float]:
 
 
 def evaluate(s: Setting, ckpt: Path | None, seed: int, data: Path, out: Path, dry: bool):
-    """Linear segmentation probe on the val split; returns the result JSON (cached in ``out``)."""
+    """Linear segmentation probe on the val split; returns the result JSON (cached in ``out``).
+
+    Uses ``seg_probe.py`` (standardised cached features) rather than ``detcon eval segment
+    --mode linear``, whose unnormalised head diverged on pretrained features (see its
+    docstring). ``probe = (train images, epochs, batch)``.
+    """
     if out.exists():
         return json.loads(out.read_text())
-    train_imgs, iters, batch = s.probe
-    src = ["--checkpoint", ckpt] if ckpt else ["--backbone-weights", "random", "--arch", s.backbone]
-    cmd = _cli(
-        "eval", "segment", "--mode", "linear", *src, "--data", data / "voc", "--out", out,
-        "--image-size", s.scenes[2], "--batch-size", batch, "--max-iters", iters,
-        "--epochs", 10**6, "--num-classes", len(scenes.CLASSES) + 1,
-        "--train-split", "probe_train", "--val-split", "val", "--workers", s.workers,
-        "--device", s.device, "--seed", seed,
-    )  # fmt: skip
+    _, epochs, batch = s.probe
+    src = ["--checkpoint", ckpt] if ckpt else ["--random", "--arch", s.backbone]
+    cmd = [sys.executable, str(HERE / "seg_probe.py"), *map(str, [
+        *src, "--data", data / "voc", "--out", out, "--epochs", epochs, "--batch-size", batch,
+        "--num-classes", len(scenes.CLASSES) + 1, "--train-split", "probe_train",
+        "--val-split", "val", "--seed", seed,
+    ])]  # fmt: skip
     _call(cmd, out.with_suffix(".log"), s, dry)
     return None if dry else json.loads(out.read_text())
 
