@@ -71,7 +71,7 @@ SETTINGS = {
     "small": Setting(
         scenes=(2000, 500, 128), image_size=96, backbone="resnet18", batch_size=32,
         steps=128, seeds=(0, 1), heads=(512, 128, 512), base_lr=8.0, ema_base=0.99,
-        warmup_epochs=0, fh=(1000.0, 100), grid=4, probe=(1000, 30, 64),
+        warmup_epochs=0, fh=(1000.0, 100), grid=4, probe=(1000, 20, 64),
         device="cpu", precision="fp32", workers=1, threads=2,
     ),
     # Minutes: checks that the whole pipeline runs (numbers are meaningless).
