@@ -122,3 +122,20 @@ def test_cli_bad_key_is_a_clear_error(capsys):
     assert main(["pretrain", "train.stepz=3"]) == 2
     err = capsys.readouterr().err
     assert "unknown config key 'train.stepz'" in err and "train.steps" in err
+
+
+def test_metrics_file_keeps_one_history(tmp_path):
+    from detcon.metrics_log import MetricsWriter
+
+    old = [{"step": s, "loss": float(s)} for s in (2, 4, 6)]
+    (tmp_path / "metrics.jsonl").write_text(
+        "".join(json.dumps(r) + "\n" for r in old) + '{"step": 8, "lo'  # a line cut by a crash
+    )
+    w = MetricsWriter(tmp_path, tensorboard=False, start_step=4)  # resumed from step 4
+    w.write({"step": 6, "loss": -6.0})
+    w.close()
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert rows == [{"step": 2, "loss": 2.0}, {"step": 4, "loss": 4.0}, {"step": 6, "loss": -6.0}]
+
+    MetricsWriter(tmp_path, tensorboard=False, start_step=0).close()  # a fresh run
+    assert (tmp_path / "metrics.jsonl").read_text() == ""

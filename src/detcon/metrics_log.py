@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from detcon import distributed as dist
-from detcon.fileio import atomic_path
+from detcon.fileio import atomic_path, atomic_write
 
 
 class RankZeroFilter(logging.Filter):
@@ -80,12 +80,20 @@ class Throughput:
 
 class MetricsWriter:
     """Appends one JSON object per logged step to ``metrics.jsonl`` and mirrors scalars to
-    TensorBoard (``tb/``). Only rank 0 writes; elsewhere every method is a no-op."""
+    TensorBoard (``tb/``). Only rank 0 writes; elsewhere every method is a no-op.
 
-    def __init__(self, run_dir: str | os.PathLike, tensorboard: bool = True):
+    ``start_step`` is the step the run starts from (0 for a fresh run, the checkpoint's step on
+    resume): records of an earlier run in the same folder logged after that step are dropped,
+    so the file describes exactly one history (a fresh run starts an empty file; a resumed one
+    does not repeat the steps it is about to redo).
+    """
+
+    def __init__(self, run_dir: str | os.PathLike, tensorboard: bool = True, start_step: int = 0):
         self.active = dist.is_main()
         self.path = Path(run_dir) / "metrics.jsonl"
         self.tb = None
+        if self.active and self.path.exists():
+            self._truncate_after(start_step)
         if self.active and tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
@@ -93,6 +101,17 @@ class MetricsWriter:
                 self.tb = SummaryWriter(str(Path(run_dir) / "tb"))
             except ImportError:  # pragma: no cover - tensorboard is a dependency
                 logging.getLogger("detcon.train").warning("tensorboard missing: JSONL only")
+
+    def _truncate_after(self, step: int) -> None:
+        kept = []
+        for line in self.path.read_text().splitlines():
+            try:
+                if json.loads(line).get("step", 0) <= step:
+                    kept.append(line)
+            except json.JSONDecodeError:  # a line cut by a crash: drop it
+                continue
+        with atomic_write(self.path, "w") as f:
+            f.write("".join(f"{line}\n" for line in kept))
 
     def write(self, record: dict) -> None:
         if not self.active:

@@ -148,7 +148,7 @@ def train(cfg: Config, dataset=None) -> dict:
 
     # ---- loop
     grid = (cfg.data.image_size // 32, cfg.data.image_size // 32)
-    stop, writer = StopFlag(), MetricsWriter(run_dir)
+    stop, writer = StopFlag(), MetricsWriter(run_dir, start_step=step)
     guard = BufferGuard(online, target)
     pbar = tqdm(
         total=t.total_steps,
