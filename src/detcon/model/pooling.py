@@ -53,9 +53,10 @@ def mask_pool(
     cell_ids[b, y, x] == mask_ids[b, k])``, and zeros for an id that owns no cell. Duplicate
     ids give identical rows.
 
-    Precision: the weights are cast to ``features.dtype`` and the pooling is one ``bmm``;
-    under autocast it runs in the autocast dtype (bf16/fp16), which is accurate enough for
-    weights of the form 1/area with area <= h*w and a sum of at most h*w terms.
+    Precision: the pooling is one ``bmm`` computed in at least float32, with autocast turned
+    off for it, so bf16/fp16 backbone features are averaged exactly as in the official fp32
+    code (the cost is negligible: ``K x h*w`` weights per image). The result is float32 (or
+    float64 for float64 features); under autocast the projector casts it back down.
     """
     if features.dim() != 4:
         raise ValueError(f"features must be [B,C,h,w], got {tuple(features.shape)}")
@@ -65,8 +66,10 @@ def mask_pool(
         raise ValueError(
             f"cell_ids {tuple(cell_ids.shape)} must match the feature grid (B,h,w)={(b, h, w)}"
         )
+    dtype = torch.promote_types(features.dtype, torch.float32)
     masks = binary_masks(cell_ids, mask_ids)  # [B, K, h*w]
     area = masks.sum(dim=-1, keepdim=True).clamp_min(1.0)  # [B, K, 1], official max(area, 1)
-    weights = (masks / area).to(features.dtype)  # [B, K, h*w]
-    flat = features.flatten(2).transpose(1, 2)  # [B, h*w, C]
-    return torch.bmm(weights, flat)  # [B, K, C]
+    weights = (masks / area).to(dtype)  # [B, K, h*w]
+    flat = features.flatten(2).transpose(1, 2).to(dtype)  # [B, h*w, C]
+    with torch.autocast(features.device.type, enabled=False):
+        return torch.bmm(weights, flat)  # [B, K, C]
