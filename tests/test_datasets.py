@@ -91,7 +91,7 @@ def test_unreadable_file_is_replaced_with_warning(tmp_path):
         item = ds[0]
     assert item["index"] == 1  # the next readable file
     (root / "b.png").write_bytes(b"")
-    with pytest.raises(RuntimeError, match="unreadable"):
+    with pytest.raises(RuntimeError, match="unreadable"), pytest.warns(UserWarning):
         ImageFolderDataset(root, masks="grid", image_size=S)[0]
 
 
