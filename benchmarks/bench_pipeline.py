@@ -6,9 +6,12 @@ p=0.8, grayscale p=0.2, blur p=1.0/0.1 with a 23-tap kernel, solarize p=0/0.2). 
 pipeline also reads each image's FH map from a ``MaskCache`` and carries it through crop/flip
 (nearest). The plain one is torchvision ``transforms.v2`` with ``RandomResizedCrop``. One
 process (images/s per core); the two pipelines alternate over several rounds and the best
-round of each is reported (the machine is shared). Usage::
+round of each is reported (the machine is shared). ``--photometric`` picks the DetCon
+pipeline's colour ops (``torchvision``, the default, or ``official``: dm_pix semantics); the
+plain pipeline always uses torchvision's. Usage::
 
     python benchmarks/bench_pipeline.py [--json FILE] [--rounds 3] [--max-images 24]
+        [--photometric official]
 """
 
 from __future__ import annotations
@@ -55,6 +58,12 @@ def main(argv=None) -> int:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--max-images", type=int, default=24)
     parser.add_argument("--image-size", type=int, default=224)
+    parser.add_argument(
+        "--photometric",
+        default="torchvision",
+        choices=("torchvision", "official"),
+        help="colour ops of the DetCon pipeline (TwoViewTransform photometric=)",
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
 
@@ -73,7 +82,8 @@ def main(argv=None) -> int:
         cache.write_info()
         print(f"caching FH masks of {len(files)} photographs ...")
         generate_masks(files, gen, cache, workers=os.cpu_count() or 1, progress=False)
-        detcon = ImageListDataset(files, cache, TwoViewTransform(args.image_size))
+        transform = TwoViewTransform(args.image_size, photometric=args.photometric)
+        detcon = ImageListDataset(files, cache, transform)
         detcon.generator = None  # any cache miss would raise instead of silently computing
         plain = plain_byol_pipeline(args.image_size)
 
@@ -106,13 +116,17 @@ def main(argv=None) -> int:
         rows.append({"pipeline": name, "images": len(files), "best_seconds": round(seconds, 3),
                      "images_per_s_per_core": round(rate, 2),
                      "relative_to_plain": round(rate / base, 3)})  # fmt: skip
-    print(f"{len(files)} photographs, views {args.image_size}px, 1 process; {machine()}")
+    print(
+        f"{len(files)} photographs, views {args.image_size}px, 1 process, "
+        f"detcon photometric={args.photometric}; {machine()}"
+    )
     print(f"  {'pipeline':<34} {'img/s/core':>10} {'vs plain':>9}")
     for row in rows:
         print(f"  {row['pipeline']:<34} {row['images_per_s_per_core']:>10.2f} "
               f"{row['relative_to_plain']:>9.3f}")  # fmt: skip
     if args.json:
-        Path(args.json).write_text(json.dumps({"machine": machine(), "rows": rows}, indent=1))
+        out = {"machine": machine(), "photometric": args.photometric, "rows": rows}
+        Path(args.json).write_text(json.dumps(out, indent=1))
         print(f"wrote {args.json}")
     return 0
 

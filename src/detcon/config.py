@@ -31,6 +31,7 @@ from detcon.fileio import atomic_write
 CONFIG_DIR = Path(__file__).parent / "configs"
 METHODS = ("detcon_b", "detcon_s", "byol", "simclr")
 PRECISIONS = ("fp32", "bf16", "fp16")
+PHOTOMETRIC = ("official", "torchvision", "none")  # = detcon.data.transforms.PHOTOMETRIC_MODES
 
 
 @dataclass
@@ -46,6 +47,11 @@ class DataConfig:
     """``data`` is ``root/<class>/...``: items carry labels (enables the online linear probe)."""
     crop: str = "official"
     """Crop window rule: ``official`` (clipped, no rejection) or ``torchvision``."""
+    photometric: str = "torchvision"
+    """Colour pipeline of the views: ``official`` (dm_pix semantics: additive brightness,
+    per-channel contrast, HSV saturation / hue, clip after every op, zero-padded blur; the
+    official recipe), ``torchvision`` (torchvision v2 semantics, a deviation; current default)
+    or ``none`` (no colour ops)."""
     image_size: int = 224
     """Side S of each square view, pixels (official: 224)."""
     batch_size: int = 4096
@@ -242,6 +248,18 @@ def _coerce(value, typ, key: str):
     return value
 
 
+#: Fields restricted to a fixed set of string values (checked on load and in resolve).
+CHOICES = {"data.photometric": PHOTOMETRIC}
+
+
+def _check_choice(key: str, value) -> None:
+    allowed = CHOICES.get(key)
+    if allowed is not None and value not in allowed:
+        raise ConfigError(
+            f"{key}: {value!r} is not one of {allowed}.{_suggest(str(value), allowed)}"
+        )
+
+
 def apply_dict(cfg: Config, data: dict, source: str = "config") -> Config:
     """Set fields from a nested dict ``{group: {field: value}}``; unknown keys raise ConfigError."""
     if not isinstance(data, dict):
@@ -260,7 +278,9 @@ def apply_dict(cfg: Config, data: dict, source: str = "config") -> Config:
                 raise ConfigError(
                     f"{source}: unknown config key {key!r}.{_suggest(key, _all_keys(cfg))}"
                 )
-            setattr(group, name, _coerce(value, _field_type(group, name), key))
+            value = _coerce(value, _field_type(group, name), key)
+            _check_choice(key, value)
+            setattr(group, name, value)
     return cfg
 
 
@@ -360,6 +380,7 @@ def resolve(cfg: Config, dataset_size: int, world_size: int = 1) -> Config:
         )
     if t.precision not in PRECISIONS:
         raise ConfigError(f"train.precision: {t.precision!r} is not one of {PRECISIONS}")
+    _check_choice("data.photometric", d.photometric)
     if lo.method in ("byol", "simclr"):
         m.source, m.num_masks = "whole", 1
     for key, value in (

@@ -77,7 +77,8 @@ def build_pretrain_dataset(
         coco_json: COCO instances file; ``data`` is then the images folder.
         class_tree: treat ``data`` as ``root/<class>/...`` and add ``"label"`` to items.
         repeat: repeat the file list per epoch (tiny datasets such as builtin).
-        transform_kwargs: more :class:`TwoViewTransform` arguments.
+        transform_kwargs: more :class:`TwoViewTransform` arguments, e.g. ``photometric=
+            "official"`` (dm_pix colour semantics) or ``"torchvision"`` (the current default).
 
     Returns a ``torch.utils.data.Dataset`` of dicts ``view_a, view_b, mask_a, mask_b, index``.
     """

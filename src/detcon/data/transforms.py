@@ -13,8 +13,14 @@ Recipe (detcon-official.md sections 2-3, BYOL's asymmetric views), per view inde
    U(0.1, 2.0) and a ``2·int(S/20)+1``-tap kernel (23 at 224, like dm_pix's radius 11),
    solarize p=0.0 / 0.2 at threshold 0.5; then ImageNet mean/std normalisation.
 
-Deviation: jitter uses torchvision semantics (brightness/contrast/saturation are
-multiplicative factors in [1-x, 1+x]); dm_pix adds the brightness delta instead.
+Step 4 has two implementations, chosen by ``photometric``:
+
+* ``"official"``: the official dm_pix semantics in float32 (:mod:`detcon.data.photometric`):
+  additive brightness, contrast around the per-channel mean, HSV saturation and hue, a clip to
+  [0, 1] after every op, blur with zero ('SAME') padding, randomness from ``generator``;
+* ``"torchvision"`` (current default, a deviation): torchvision v2 ops on uint8 (brightness,
+  contrast and saturation are multiplicative factors in [1-x, 1+x]; contrast around the gray
+  mean, saturation blended with grayscale; reflect-padded blur; global RNG only).
 
 Masks stay ``int64`` (no uint8 wrap) and are never touched by photometric ops.
 """
@@ -29,7 +35,23 @@ from PIL import Image
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
-__all__ = ["TwoViewTransform", "official_crop_box", "torchvision_crop_box", "paired_geometry"]
+from .photometric import OfficialPhotometric
+
+__all__ = [
+    "TwoViewTransform",
+    "official_crop_box",
+    "torchvision_crop_box",
+    "paired_geometry",
+    "PHOTOMETRIC_MODES",
+    "DEFAULT_PHOTOMETRIC",
+]
+
+#: Colour pipelines of TwoViewTransform: "official" (dm_pix semantics, the official recipe),
+#: "torchvision" (torchvision v2 semantics, a deviation) and "none" (no colour ops).
+PHOTOMETRIC_MODES = ("official", "torchvision", "none")
+#: Mode used by ``photometric=True`` and by default. The official one is "official"; the default
+#: stays "torchvision" for now (running benchmarks); flipping it is this one word.
+DEFAULT_PHOTOMETRIC = "torchvision"
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -126,13 +148,16 @@ class TwoViewTransform:
         crop: ``"official"`` (clipped window, no rejection) or ``"torchvision"``.
         scale, ratio: crop area fraction and aspect range.
         flip_p: horizontal flip probability (one coin for image and mask).
-        photometric: ``False`` disables every colour op (tests, visualisation).
+        photometric: colour pipeline, one of :data:`PHOTOMETRIC_MODES`: ``"official"``
+            (dm_pix semantics, the official recipe), ``"torchvision"`` (torchvision semantics, a
+            deviation; the current default :data:`DEFAULT_PHOTOMETRIC`) or ``"none"``.
+            ``True`` means the default mode; ``False`` is ``"none"`` (tests, visualisation).
         blur_p, solarize_p: per-view ``(a, b)`` probabilities, official ``(1.0, 0.1)``, ``(0, 0.2)``.
         normalize: apply ImageNet mean/std (else views are in [0, 1]).
 
     Output: ``view_*`` float32 ``[3, S, S]``, ``mask_*`` int64 ``[S, S]``. Randomness comes from
     torch's global RNG (seeded per DataLoader worker) unless ``generator`` is given to ``__call__``
-    (geometry only; torchvision's colour ops always use the global RNG).
+    (geometry and ``"official"`` colour ops; torchvision's colour ops always use the global RNG).
     """
 
     def __init__(
@@ -142,7 +167,7 @@ class TwoViewTransform:
         scale: tuple[float, float] = (0.08, 1.0),
         ratio: tuple[float, float] = (3 / 4, 4 / 3),
         flip_p: float = 0.5,
-        photometric: bool = True,
+        photometric: str | bool = DEFAULT_PHOTOMETRIC,
         blur_p: tuple[float, float] = (1.0, 0.1),
         solarize_p: tuple[float, float] = (0.0, 0.2),
         jitter_p: float = 0.8,
@@ -155,12 +180,25 @@ class TwoViewTransform:
             raise ValueError(f"bad image_size={image_size} scale={scale} ratio={ratio}")
         self.image_size, self.crop, self.scale, self.ratio = int(image_size), crop, scale, ratio
         self.flip_p, self.normalize = flip_p, normalize
+        if isinstance(photometric, bool):
+            photometric = DEFAULT_PHOTOMETRIC if photometric else "none"
+        if photometric not in PHOTOMETRIC_MODES:
+            raise ValueError(
+                f"photometric must be one of {PHOTOMETRIC_MODES} (or True/False), "
+                f"got {photometric!r}"
+            )
+        self.photometric = photometric
         self._box = official_crop_box if crop == "official" else torchvision_crop_box
-        self.photo = (
-            [_photometric(image_size, blur_p[i], solarize_p[i], jitter_p, gray_p) for i in (0, 1)]
-            if photometric
-            else None
-        )
+        if photometric == "torchvision":
+            self.photo = [
+                _photometric(image_size, blur_p[i], solarize_p[i], jitter_p, gray_p) for i in (0, 1)
+            ]
+        elif photometric == "official":
+            self.photo = [
+                OfficialPhotometric(blur_p[i], solarize_p[i], jitter_p, gray_p) for i in (0, 1)
+            ]
+        else:
+            self.photo = None
         self._norm = v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)
 
     def view(self, image: torch.Tensor, mask: np.ndarray, which: int = 0, generator=None):
@@ -168,9 +206,12 @@ class TwoViewTransform:
         box = self._box(image.shape[1], image.shape[2], self.scale, self.ratio, generator)
         flip = float(torch.rand((), generator=generator)) < self.flip_p
         x, m = paired_geometry(image, mask, box, flip, self.image_size)  # uint8 [3,S,S]
-        if self.photo is not None:
-            x = self.photo[which](x)
-        x = x.float().div_(255.0)
+        if self.photometric == "official":  # float32 in [0, 1], then dm_pix colour ops
+            x = self.photo[which](x.float().div_(255.0), generator)
+        else:
+            if self.photo is not None:
+                x = self.photo[which](x)  # torchvision ops on uint8
+            x = x.float().div_(255.0)
         if self.normalize:
             x = self._norm(x)
         return x, torch.from_numpy(np.ascontiguousarray(m))
@@ -187,4 +228,7 @@ class TwoViewTransform:
         return {"view_a": view_a, "view_b": view_b, "mask_a": mask_a, "mask_b": mask_b}
 
     def __repr__(self) -> str:
-        return f"TwoViewTransform(image_size={self.image_size}, crop={self.crop!r})"
+        return (
+            f"TwoViewTransform(image_size={self.image_size}, crop={self.crop!r}, "
+            f"photometric={self.photometric!r})"
+        )

@@ -95,6 +95,7 @@ def build_dataset(cfg) -> Dataset:
         cfg.masks.source,
         d.image_size,
         crop=d.crop,
+        photometric=d.photometric,
         coco_json=d.coco_json or None,
         class_tree=d.class_tree,
         seed=cfg.train.seed,
