@@ -63,7 +63,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--temperature", type=float, default=0.07)
     p.set_defaults(func=run, protocol="knn")
 
-    p = sub.add_parser("segment", help="semantic segmentation on PASCAL VOC layout")
+    p = sub.add_parser("segment", help="semantic segmentation (PASCAL VOC or Cityscapes layout)")
     _common(p, image_size=513, batch_size=16, epochs=45)
     p.add_argument(
         "--mode",
@@ -73,8 +73,18 @@ def add_parser(subparsers) -> None:
     )
     p.add_argument("--lr", type=float, default=None, help="default 0.02 (finetune) / 0.1 (linear)")
     p.add_argument("--weight-decay", type=float, default=1e-4)
-    p.add_argument("--num-classes", type=int, default=21)
-    p.add_argument("--train-split", default="train", help="train or train_aug, ...")
+    p.add_argument(
+        "--dataset",
+        choices=["voc", "cityscapes"],
+        default=None,
+        help="default: auto-detect (ROOT/leftImg8bit -> cityscapes, ROOT/JPEGImages -> voc)",
+    )
+    p.add_argument(
+        "--num-classes", type=int, default=None, help="default 21 (voc) / 19 (cityscapes)"
+    )
+    p.add_argument(
+        "--train-split", default="train", help="voc: train or train_aug, ...; cityscapes: train"
+    )
     p.add_argument("--val-split", default="val")
     p.add_argument(
         "--no-dilation",

@@ -1,6 +1,6 @@
 """Transfer evaluation of pretrained backbones: linear probe, kNN, semantic segmentation
-(linear probe and FCN fine-tuning on PASCAL VOC layout) and detection / instance segmentation
-(Mask R-CNN + FPN on COCO layout). See ``docs/evaluation.md`` for the protocols.
+(linear probe and FCN fine-tuning on PASCAL VOC or Cityscapes layout) and detection / instance
+segmentation (Mask R-CNN + FPN on COCO layout). See ``docs/evaluation.md`` for the protocols.
 
 Names are resolved lazily so that importing the package stays cheap.
 """
@@ -23,6 +23,7 @@ _EXPORTS = {
     "iou_from_confusion": "metrics",
     "topk_accuracy": "metrics",
     "VOCSegmentation": "voc",
+    "CityscapesSegmentation": "cityscapes",
     "run_segmentation": "segmentation",
     "CocoInstances": "coco",
     "run_detection": "detection",

@@ -1,4 +1,4 @@
-"""Semantic segmentation transfer: linear probe and FCN fine-tuning (PASCAL VOC layout).
+"""Semantic segmentation transfer: linear probe and FCN fine-tuning (PASCAL VOC or Cityscapes).
 
 - ``linear``: the backbone is frozen in eval mode; a 1x1 conv maps the last-stage features
   to class logits, upsampled bilinearly to the input size. Cheap probe of spatial features.
@@ -150,6 +150,8 @@ def train_segmentation(
 
 def run_segmentation(args) -> dict:
     """``detcon eval segment``: train on ``--train-split``, report mIoU on ``--val-split``."""
+    from detcon.evaluation.cityscapes import NUM_CLASSES as CITYSCAPES_CLASSES
+    from detcon.evaluation.cityscapes import CityscapesSegmentation, detect_layout
     from detcon.evaluation.common import (
         assert_unchanged,
         backbone_from_args,
@@ -158,6 +160,20 @@ def run_segmentation(args) -> dict:
     )
     from detcon.evaluation.voc import TrainTransform, VOCSegmentation
 
+    dataset = getattr(args, "dataset", None) or detect_layout(args.data)
+    if dataset == "cityscapes":
+        dataset_cls, default_classes = CityscapesSegmentation, CITYSCAPES_CLASSES
+    elif dataset == "voc":
+        dataset_cls, default_classes = VOCSegmentation, 21
+    else:
+        raise ValueError(f"--dataset must be 'voc' or 'cityscapes', got {dataset!r}")
+    if args.num_classes is None:
+        args.num_classes = default_classes
+    if dataset == "cityscapes" and args.num_classes != CITYSCAPES_CLASSES:
+        raise ValueError(
+            f"Cityscapes is evaluated on {CITYSCAPES_CLASSES} train ids; got --num-classes "
+            f"{args.num_classes}"
+        )
     device = resolve_device(args.device)
     torch.manual_seed(args.seed)
     backbone, source = backbone_from_args(args)
@@ -166,10 +182,10 @@ def run_segmentation(args) -> dict:
     model = SegmentationModel(
         backbone, args.num_classes, args.mode, dilate=not args.no_dilation
     ).to(device)
-    train_set = VOCSegmentation(
+    train_set = dataset_cls(
         args.data, args.train_split, TrainTransform(args.image_size, seed=args.seed)
     )
-    val_set = VOCSegmentation(args.data, args.val_split)
+    val_set = dataset_cls(args.data, args.val_split)
     loader = DataLoader(
         train_set,
         batch_size=args.batch_size,
@@ -191,9 +207,13 @@ def run_segmentation(args) -> dict:
     )
     metrics = evaluate_segmentation(model, val_set, args.num_classes, device)
     metrics["final_train_loss"] = last_loss
+    names = getattr(val_set, "class_names", None)
+    if names is not None and len(names) == args.num_classes:
+        metrics["class_names"] = list(names)  # aligned with per_class_iou
     if before is not None:
         assert_unchanged(backbone, before)  # the linear probe never touches the backbone
     config = {
+        "dataset": dataset,
         "mode": args.mode,
         "epochs": args.epochs,
         "lr": lr,
