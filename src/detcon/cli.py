@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 # command name -> module under detcon.commands
@@ -42,13 +43,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Errors that mean "the input is wrong" (missing files, bad layouts, bad values): reported in
+# one line with exit status 2 instead of a traceback. DETCON_DEBUG=1 shows the traceback.
+USER_ERRORS = (FileNotFoundError, NotADirectoryError, IsADirectoryError, ValueError, KeyError)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    result = args.func(args)
+    try:
+        result = args.func(args)
+    except USER_ERRORS as err:
+        if os.environ.get("DETCON_DEBUG"):
+            raise
+        message = err.args[0] if isinstance(err, KeyError) and err.args else err
+        print(
+            f"detcon {args.command}: error: {message}\n(set DETCON_DEBUG=1 for the traceback)",
+            file=sys.stderr,
+        )
+        return 2
     return int(result or 0)
 
 
