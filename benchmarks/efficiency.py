@@ -63,7 +63,7 @@ class Setting:
 
 
 SETTINGS = {
-    # 2 CPU cores, about an hour for one seed (measured; see docs/benchmarks.md).
+    # 2 CPU cores: about 35-40 min per seed on a quiet machine (measured), 2 seeds.
     # 96 px views give a 3x3 feature grid (the backbone has stride 32): the smallest grid on
     # which masks can separate objects. Peak LARS lr 1.0 (base 8 at batch 32) instead of the
     # linearly scaled 0.025, which would move the weights by ~1% in a few hundred steps.
