@@ -75,6 +75,20 @@ def test_official_derived_fields():
         assert cfg.optim.weight_decay == 1.5e-6 and cfg.optim.ema_base == 0.996
 
 
+def test_warmup_of_a_step_budget_is_one_percent_of_the_run():
+    # train.steps given, warmup_epochs=-1: 1% of the run (the official epochs // 100 of epochs),
+    # not epochs // 100 of the *default* epoch count
+    cfg = resolve(load_config(None, ["train.steps=1000", "data.batch_size=8"]), dataset_size=64)
+    assert cfg.train.total_steps == 1000 and cfg.optim.warmup_steps == 10
+    cfg = resolve(load_config(None, ["train.steps=128", "data.batch_size=8"]), dataset_size=64)
+    assert cfg.optim.warmup_steps == 1
+    cfg = resolve(
+        load_config(None, ["train.steps=128", "optim.warmup_epochs=2", "data.batch_size=8"]),
+        dataset_size=64,
+    )
+    assert cfg.optim.warmup_steps == 16  # explicit epochs: 2 * 64 // 8
+
+
 def test_resolve_validates():
     with pytest.raises(ConfigError, match="not divisible by world_size"):
         resolve(load_config(None, ["data.batch_size=10"]), dataset_size=100, world_size=4)

@@ -368,8 +368,10 @@ def resolve(cfg: Config, dataset_size: int, world_size: int = 1) -> Config:
     * ``train.steps_per_epoch = dataset_size * repeat // batch_size`` (drop_last, official);
     * ``train.total_steps = steps`` if set, else ``epochs * dataset_size * repeat // batch_size``
       (official ``num_epochs * 1281167 // 4096``);
-    * ``optim.warmup_steps = warmup_epochs * dataset_size * repeat // batch_size`` with ``warmup_epochs = epochs // 100``
-      when -1 (official), capped below total_steps;
+    * ``optim.warmup_steps = warmup_epochs * dataset_size * repeat // batch_size``; when
+      ``warmup_epochs`` is -1, ``epochs // 100`` epochs (official), or ``total_steps // 100``
+      when the run is given as ``train.steps`` (the same 1% of the run); capped below
+      total_steps;
     * ``optim.peak_lr = base_lr * batch_size / 256``;
     * byol / simclr force the whole-image mask and K = 1.
     """
@@ -411,7 +413,12 @@ def resolve(cfg: Config, dataset_size: int, world_size: int = 1) -> Config:
     t.total_steps = t.steps if t.steps > 0 else t.epochs * n // d.batch_size
     if t.total_steps < 1:
         raise ConfigError("the run has 0 steps: set train.steps or train.epochs")
-    warm_epochs = t.epochs // 100 if o.warmup_epochs < 0 else o.warmup_epochs
-    o.warmup_steps = min(warm_epochs * n // d.batch_size, max(t.total_steps - 1, 0))
+    if o.warmup_epochs >= 0:
+        warmup = o.warmup_epochs * n // d.batch_size
+    elif t.steps > 0:  # a step budget: the official 1% of the run (epochs // 100 of epochs)
+        warmup = t.total_steps // 100
+    else:  # official: warmup_epochs = epochs // 100
+        warmup = (t.epochs // 100) * n // d.batch_size
+    o.warmup_steps = min(warmup, max(t.total_steps - 1, 0))
     o.peak_lr = o.base_lr * d.batch_size / 256
     return cfg
