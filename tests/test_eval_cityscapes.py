@@ -130,7 +130,7 @@ def test_layout_errors_and_detection(tmp_path):
     # the colour rendering is refused
     ds = CityscapesSegmentation(root, "train")
     Image.fromarray(np.zeros((H, W, 3), np.uint8)).save(ds.samples[0][1])
-    with pytest.raises(ValueError, match="single-channel"):
+    with pytest.raises(ValueError, match="colour-rendered mask"):
         ds[0]
 
 

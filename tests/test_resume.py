@@ -6,6 +6,7 @@ import os
 import signal
 
 import torch
+from tiny import TINY_TRAIN
 
 from detcon import checkpoint
 from detcon.config import load_config
@@ -13,25 +14,7 @@ from detcon.data import SyntheticDataset
 from detcon.engine.data import EpochSampler, SeededItems
 from detcon.train import train
 
-TINY = [
-    "data.data=synthetic:8",
-    "data.image_size=64",
-    "data.batch_size=4",
-    "data.num_workers=0",
-    "model.backbone=resnet18",
-    "model.proj_hidden=64",
-    "model.proj_dim=32",
-    "model.pred_hidden=64",
-    "masks.num_masks=4",
-    "train.device=cpu",
-    "train.precision=fp32",
-    "train.channels_last=false",
-    "train.progress=false",
-    "train.log_every=1",
-    "train.steps=6",
-    "optim.warmup_epochs=1",
-    "train.ckpt_every=100",
-]
+TINY = TINY_TRAIN + ["train.steps=6", "optim.warmup_epochs=1", "train.ckpt_every=100"]
 
 
 class SigtermAt(torch.utils.data.Dataset):

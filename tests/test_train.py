@@ -6,29 +6,14 @@ import json
 
 import pytest
 import torch
+from tiny import TINY_TRAIN
 
 from detcon import checkpoint
 from detcon.config import load_config
 from detcon.data import SyntheticDataset, TwoViewTransform
 from detcon.train import NonFiniteLossError, train
 
-TINY = [
-    "data.data=synthetic:8",
-    "data.image_size=64",
-    "data.batch_size=4",
-    "data.num_workers=0",
-    "model.backbone=resnet18",
-    "model.proj_hidden=64",
-    "model.proj_dim=32",
-    "model.pred_hidden=64",
-    "masks.num_masks=4",
-    "train.device=cpu",
-    "train.precision=fp32",
-    "train.channels_last=false",
-    "train.progress=false",
-    "train.log_every=1",
-    "optim.warmup_epochs=0",
-]
+TINY = TINY_TRAIN + ["optim.warmup_epochs=0"]
 
 
 def tiny_cfg(tmp_path, *extra):

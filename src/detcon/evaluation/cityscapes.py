@@ -22,7 +22,7 @@ import torch
 from PIL import Image
 
 from detcon.evaluation.metrics import IGNORE_INDEX
-from detcon.evaluation.voc import to_normalized_tensor
+from detcon.evaluation.voc import read_label_png, to_normalized_tensor
 
 # label id -> train id for the 19 evaluated classes (Cityscapes "labels.py" definitions)
 LABEL_TO_TRAIN_ID = {
@@ -144,13 +144,7 @@ class CityscapesSegmentation(torch.utils.data.Dataset):
     def __getitem__(self, i: int):
         img_path, mask_path, is_train_ids = self.samples[i]
         image = Image.open(img_path).convert("RGB")
-        mask_img = Image.open(mask_path)
-        if mask_img.mode not in ("L", "P"):
-            raise ValueError(
-                f"{mask_path}: expected a single-channel 8-bit PNG of ids, got mode "
-                f"{mask_img.mode} (the _gtFine_color.png rendering cannot be read as labels)"
-            )
-        ids = np.array(mask_img, dtype=np.int64)
+        ids = read_label_png(mask_path, image)  # refuses the _gtFine_color.png rendering
         if is_train_ids:
             bad = (ids >= NUM_CLASSES) & (ids != IGNORE_INDEX)
             if bad.any():
@@ -161,8 +155,6 @@ class CityscapesSegmentation(torch.utils.data.Dataset):
             mask = ids
         else:
             mask = label_ids_to_train_ids(ids)
-        if mask.shape != (image.height, image.width):
-            raise ValueError(f"{mask_path}: mask {mask.shape} vs image {image.size[::-1]}")
         img = to_normalized_tensor(image)
         target = torch.from_numpy(mask)
         if self.transform is not None:

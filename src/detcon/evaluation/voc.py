@@ -49,20 +49,27 @@ class VOCSegmentation(torch.utils.data.Dataset):
         image_id = self.ids[i]
         image = Image.open(self.root / "JPEGImages" / f"{image_id}.jpg").convert("RGB")
         mask_path = self.mask_dir / f"{image_id}.png"
-        mask_img = Image.open(mask_path)
-        if mask_img.mode not in ("P", "L"):
-            raise ValueError(
-                f"{mask_path}: expected a palette or grey PNG of class ids, got mode "
-                f"{mask_img.mode} (a colour-rendered mask cannot be read as labels)"
-            )
-        mask = np.array(mask_img, dtype=np.int64)
-        if mask.shape != (image.height, image.width):
-            raise ValueError(f"{mask_path}: mask {mask.shape} vs image {image.size[::-1]}")
+        mask = read_label_png(mask_path, image)
         img = to_normalized_tensor(image)
         target = torch.from_numpy(mask)
         if self.transform is not None:
             img, target = self.transform(img, target)
         return img, target
+
+
+def read_label_png(path: Path, image: Image.Image | None = None) -> np.ndarray:
+    """An 8-bit palette or grey PNG of class ids -> int64 ``[H, W]``; a colour-rendered mask
+    (RGB) is refused, and with ``image`` the sizes must agree."""
+    mask_img = Image.open(path)
+    if mask_img.mode not in ("P", "L"):
+        raise ValueError(
+            f"{path}: expected a palette or grey PNG of class ids, got mode "
+            f"{mask_img.mode} (a colour-rendered mask cannot be read as labels)"
+        )
+    mask = np.array(mask_img, dtype=np.int64)
+    if image is not None and mask.shape != (image.height, image.width):
+        raise ValueError(f"{path}: mask {mask.shape} vs image {image.size[::-1]}")
+    return mask
 
 
 def to_normalized_tensor(image: Image.Image) -> torch.Tensor:
