@@ -108,3 +108,34 @@ def test_segment_cli(tmp_path, mode):
     assert 0.0 <= res["metrics"]["miou"] <= 1.0
     assert len(res["metrics"]["per_class_iou"]) == 3
     assert res["config"]["num_train"] == 4 and res["config"]["num_val"] == 2
+
+
+def test_linear_probe_head_is_invariant_to_feature_scale():
+    import torch
+    from torch import nn
+
+    from detcon.evaluation.segmentation import SegmentationModel
+
+    class Fixed(nn.Module):
+        out_channels = 4
+
+        def __init__(self, scale):
+            super().__init__()
+            self.scale = scale
+
+        def forward(self, x):
+            return (
+                x[:, :1].repeat(1, 4, 1, 1)[:, :, ::4, ::4] * self.scale
+                + torch.arange(4.0)[None, :, None, None]
+            )
+
+    torch.manual_seed(0)
+    x = torch.randn(3, 3, 16, 16)
+    small, big = (
+        SegmentationModel(Fixed(1.0), 5, "linear"),
+        SegmentationModel(Fixed(1e3), 5, "linear"),
+    )
+    big.head[1].load_state_dict(small.head[1].state_dict())
+    small.train(), big.train()
+    # standardised per channel with batch statistics: the scale of the features does not matter
+    assert torch.allclose(small(x), big(x), atol=1e-3)

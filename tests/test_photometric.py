@@ -213,13 +213,13 @@ def test_transform_official_mode_masks_untouched_and_deterministic():
 
 
 def test_mode_validation_in_transform_and_config():
-    assert TwoViewTransform(32).photometric == "torchvision"  # current default
-    assert TwoViewTransform(32, photometric=True).photometric == "torchvision"
+    assert TwoViewTransform(32).photometric == "official"  # the official recipe by default
+    assert TwoViewTransform(32, photometric=True).photometric == "official"
     assert TwoViewTransform(32, photometric=False).photo is None
     with pytest.raises(ValueError, match="official.*torchvision.*none"):
         TwoViewTransform(32, photometric="dm_pix")
-    assert load_config().data.photometric == "torchvision"
-    assert load_config(overrides=["data.photometric=official"]).data.photometric == "official"
+    assert load_config().data.photometric == "official"
+    assert load_config(overrides=["data.photometric=torchvision"]).data.photometric == "torchvision"
     with pytest.raises(ConfigError, match="data.photometric.*official.*torchvision.*none"):
         load_config(overrides=["data.photometric=offical"])
     cfg = load_config(overrides=["data.batch_size=2"])

@@ -60,9 +60,10 @@ def test_flip_is_one_coin_for_image_and_mask():
     assert m[0, 0] % W > m[0, -1] % W and img[0, 0, 0] > img[0, 0, -1]
 
 
-def test_colour_ops_leave_masks_untouched():
+@pytest.mark.parametrize("mode", ["official", "torchvision"])
+def test_colour_ops_leave_masks_untouched(mode):
     image, mask = _coordinate_pair()
-    on = TwoViewTransform(32, photometric=True, blur_p=(1.0, 1.0), solarize_p=(1.0, 1.0))
+    on = TwoViewTransform(32, photometric=mode, blur_p=(1.0, 1.0), solarize_p=(1.0, 1.0))
     off = TwoViewTransform(32, photometric=False)
     torch.manual_seed(0)
     a = on(image, mask, generator=torch.Generator().manual_seed(5))

@@ -47,11 +47,11 @@ class DataConfig:
     """``data`` is ``root/<class>/...``: items carry labels (enables the online linear probe)."""
     crop: str = "official"
     """Crop window rule: ``official`` (clipped, no rejection) or ``torchvision``."""
-    photometric: str = "torchvision"
+    photometric: str = "official"
     """Colour pipeline of the views: ``official`` (dm_pix semantics: additive brightness,
     per-channel contrast, HSV saturation / hue, clip after every op, zero-padded blur; the
-    official recipe), ``torchvision`` (torchvision v2 semantics, a deviation; current default)
-    or ``none`` (no colour ops)."""
+    official recipe, default), ``torchvision`` (torchvision v2 semantics, a deviation) or
+    ``none`` (no colour ops)."""
     image_size: int = 224
     """Side S of each square view, pixels (official: 224)."""
     batch_size: int = 4096

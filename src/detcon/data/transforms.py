@@ -49,9 +49,8 @@ __all__ = [
 #: Colour pipelines of TwoViewTransform: "official" (dm_pix semantics, the official recipe),
 #: "torchvision" (torchvision v2 semantics, a deviation) and "none" (no colour ops).
 PHOTOMETRIC_MODES = ("official", "torchvision", "none")
-#: Mode used by ``photometric=True`` and by default. The official one is "official"; the default
-#: stays "torchvision" for now (running benchmarks); flipping it is this one word.
-DEFAULT_PHOTOMETRIC = "torchvision"
+#: Mode used by ``photometric=True`` and by default: the official recipe.
+DEFAULT_PHOTOMETRIC = "official"
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -201,20 +200,27 @@ class TwoViewTransform:
             self.photo = None
         self._norm = v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)
 
-    def view(self, image: torch.Tensor, mask: np.ndarray, which: int = 0, generator=None):
-        """One augmented view of a uint8 ``[3, H, W]`` image: ``(float [3,S,S], int64 [S,S])``."""
+    def geometry(self, image: torch.Tensor, mask: np.ndarray, generator=None):
+        """Crop window, flip and resize of one view: ``(uint8 [3,S,S], int64 ndarray [S,S])``."""
         box = self._box(image.shape[1], image.shape[2], self.scale, self.ratio, generator)
         flip = float(torch.rand((), generator=generator)) < self.flip_p
-        x, m = paired_geometry(image, mask, box, flip, self.image_size)  # uint8 [3,S,S]
+        return paired_geometry(image, mask, box, flip, self.image_size)
+
+    def colour(self, x: torch.Tensor, which: int = 0, generator=None) -> torch.Tensor:
+        """Colour ops of view ``which`` (0 = a, 1 = b) on a uint8 ``[3,S,S]`` view, then
+        normalisation: float32 ``[3,S,S]``. Never sees the mask."""
         if self.photometric == "official":  # float32 in [0, 1], then dm_pix colour ops
             x = self.photo[which](x.float().div_(255.0), generator)
         else:
             if self.photo is not None:
                 x = self.photo[which](x)  # torchvision ops on uint8
             x = x.float().div_(255.0)
-        if self.normalize:
-            x = self._norm(x)
-        return x, torch.from_numpy(np.ascontiguousarray(m))
+        return self._norm(x) if self.normalize else x
+
+    def view(self, image: torch.Tensor, mask: np.ndarray, which: int = 0, generator=None):
+        """One augmented view of a uint8 ``[3, H, W]`` image: ``(float [3,S,S], int64 [S,S])``."""
+        x, m = self.geometry(image, mask, generator)
+        return self.colour(x, which, generator), torch.from_numpy(np.ascontiguousarray(m))
 
     def __call__(self, image: Image.Image, mask: np.ndarray, generator=None) -> dict:
         mask = np.asarray(mask)
@@ -223,9 +229,15 @@ class TwoViewTransform:
                 f"mask shape {mask.shape} does not match image size {(image.height, image.width)}"
             )
         pixels = F.pil_to_tensor(image)  # uint8 [3, H, W], shared by both views
-        view_a, mask_a = self.view(pixels, mask, 0, generator)
-        view_b, mask_b = self.view(pixels, mask, 1, generator)
-        return {"view_a": view_a, "view_b": view_b, "mask_a": mask_a, "mask_b": mask_b}
+        # both windows first, then the colour ops: with a seeded generator the geometry (and
+        # so the masks) does not depend on the colour mode
+        (xa, ma), (xb, mb) = (self.geometry(pixels, mask, generator) for _ in range(2))
+        return {
+            "view_a": self.colour(xa, 0, generator),
+            "view_b": self.colour(xb, 1, generator),
+            "mask_a": torch.from_numpy(np.ascontiguousarray(ma)),
+            "mask_b": torch.from_numpy(np.ascontiguousarray(mb)),
+        }
 
     def __repr__(self) -> str:
         return (

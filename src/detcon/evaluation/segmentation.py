@@ -1,7 +1,8 @@
 """Semantic segmentation transfer: linear probe and FCN fine-tuning (PASCAL VOC or Cityscapes).
 
-- ``linear``: the backbone is frozen in eval mode; a 1x1 conv maps the last-stage features
-  to class logits, upsampled bilinearly to the input size. Cheap probe of spatial features.
+- ``linear``: the backbone is frozen in eval mode; the last-stage features are standardised
+  per channel (BatchNorm without affine parameters) and a 1x1 conv maps them to class logits,
+  upsampled bilinearly to the input size. Cheap probe of spatial features.
 - ``finetune``: FCN (torchvision's ``FCNHead``: 3x3 conv to C/4, BN, ReLU, dropout 0.1, 1x1
   conv) on the backbone, all layers trained. By default ``layer3``/``layer4`` are dilated
   (strides replaced by dilation 2 / 4, output stride 8, as torchvision's FCN-ResNet);
@@ -64,7 +65,13 @@ class SegmentationModel(nn.Module):
         channels = backbone.out_channels
         if mode == "linear":
             backbone.requires_grad_(False)
-            self.head = nn.Conv2d(channels, num_classes, kernel_size=1)
+            # per-channel standardisation of the frozen features (BN without affine, running
+            # statistics at evaluation), so one learning rate suits every backbone: raw
+            # self-supervised features differ in scale by orders of magnitude between methods
+            self.head = nn.Sequential(
+                nn.BatchNorm2d(channels, affine=False),
+                nn.Conv2d(channels, num_classes, kernel_size=1),
+            )
         else:
             from torchvision.models.segmentation.fcn import FCNHead
 
