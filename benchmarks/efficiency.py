@@ -60,6 +60,7 @@ class Setting:
     precision: str
     workers: int
     threads: int  # torch intra-op threads per subprocess (0 = torch default)
+    photometric: str = "official"  # colour ops of the views (data.photometric)
 
 
 SETTINGS = {
@@ -73,6 +74,7 @@ SETTINGS = {
         steps=128, seeds=(0, 1), heads=(512, 128, 512), base_lr=8.0, ema_base=0.99,
         warmup_epochs=0, fh=(1000.0, 100), grid=4, probe=(1000, 20, 64),
         device="cpu", precision="fp32", workers=1, threads=2,
+        photometric="torchvision",  # the recorded results were made with these colour ops
     ),
     # Minutes: checks that the whole pipeline runs (numbers are meaningless).
     "smoke": Setting(
@@ -189,7 +191,7 @@ def pretrain(s: Setting, method: str, masks: str, seed: int, run: Path, images: 
         "data.repeat=1", f"data.num_workers={s.workers}", "masks.num_masks=16",
         f"model.proj_hidden={ph}", f"model.proj_dim={pd}", f"model.pred_hidden={qh}",
         "optim.optimizer=lars", f"optim.base_lr={s.base_lr}", f"optim.ema_base={s.ema_base}",
-        f"optim.warmup_epochs={s.warmup_epochs}",
+        f"optim.warmup_epochs={s.warmup_epochs}", f"data.photometric={s.photometric}",
     )  # fmt: skip
     _call(cmd, run / "pretrain.log", s, dry)
     if not dry:  # keep only the budget checkpoints (each holds online + target + optimizer)
