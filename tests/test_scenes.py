@@ -155,7 +155,10 @@ def test_efficiency_steps_to_reach_hand_cases():
     assert eff.steps_to_reach(steps, [0.5, 0.6, 0.7, 0.8], 0.4) == (10.0, "at most")
     assert eff.steps_to_reach(steps, [0.1, 0.2, 0.3, 0.35], 0.4) == (None, "not reached")
     # Exactly on a budget counts as reached there.
-    assert eff.steps_to_reach(steps, [0.1, 0.4, 0.5, 0.6], 0.4) == (pytest.approx(20.0), "interpolated")
+    assert eff.steps_to_reach(steps, [0.1, 0.4, 0.5, 0.6], 0.4) == (
+        pytest.approx(20.0),
+        "interpolated",
+    )
 
 
 def test_efficiency_summary_speedup_and_loop_seconds(tmp_path):
