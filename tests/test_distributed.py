@@ -73,6 +73,8 @@ def _worker(rank, port, out_dir):
         res |= {"loss_s": loss_s.detach(), "grad_proj": proj.grad}
         res |= {"grad_w": model.module.weight.grad, "grad_b": model.module.bias.grad}
         torch.save(res, f"{out_dir}/rank{rank}.pt")
+        del model  # release DDP's reducer (it holds the process group) before tearing down
+        dist.barrier()  # no rank closes its connections while the other still uses them
     finally:
         dist.destroy_process_group()
 

@@ -72,6 +72,7 @@ def _worker(rank, world, port, out):
             results[method] = {"loss": loss / world, "grads": grads}
         if rank == 0:
             torch.save(results, out)
+        tdist.barrier()  # no rank closes its connections while the other still uses them
     finally:
         tdist.destroy_process_group()
 
