@@ -21,6 +21,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from detcon.config import load_config, resolve
 from detcon.engine.step import build_models, forward_loss, mask_generator, prepare_masks
+from detcon.fileio import atomic_write
 from detcon.model import ema_update_
 from detcon.train import autocast_for, build_optimizer
 
@@ -188,7 +189,7 @@ def main(argv=None) -> dict:
         f"{result['cpu_ratio']:.3f}; FLOP ratio {result['flop_ratio']:.3f}"
     )
     if args.json:
-        with open(args.json, "w") as f:
+        with atomic_write(args.json, "w") as f:
             json.dump(result, f, indent=2)
     return result
 

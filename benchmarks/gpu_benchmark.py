@@ -20,6 +20,8 @@ from pathlib import Path
 
 import torch
 
+from detcon.fileio import atomic_write
+
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_step import make_step, step_flops, sync, timed  # noqa: E402
 
@@ -70,7 +72,7 @@ def main(argv=None) -> dict:
     sync(device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    times = [timed(step, 100 + i, device) for i in range(args.steps)]
+    times = [timed(step, 100 + i, device)[0] for i in range(args.steps)]  # wall seconds
     t = statistics.median(times)
     peak_mem = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
     achieved = flops / t / 1e12
@@ -117,7 +119,7 @@ def main(argv=None) -> dict:
     for k, v in rows:
         print(f"{k:<14} {v}")
     if args.json:
-        with open(args.json, "w") as f:
+        with atomic_write(args.json, "w") as f:
             json.dump(result, f, indent=2)
     return result
 
