@@ -78,6 +78,10 @@ def run(args) -> dict:
     torch.manual_seed(args.seed)
     weights = None if args.checkpoint else "random"
     backbone, source = load_backbone(args.checkpoint, weights, args.arch, "online", args.seed)
+    if args.output_stride != 32:
+        from detcon.model.backbone import set_output_stride_
+
+        set_output_stride_(backbone, args.output_stride)
     backbone.eval()
     x_tr, y_tr = extract(backbone, VOCSegmentation(args.data, args.train_split))
     x_va, y_va = extract(backbone, VOCSegmentation(args.data, args.val_split))
@@ -127,6 +131,8 @@ def main(argv=None) -> int:
     p.add_argument("--lr", type=float, default=0.1)
     p.add_argument("--weight-decay", type=float, default=1e-4)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--output-stride", type=int, default=32, choices=(8, 16, 32),
+                   help="probe features at this stride (layer3/4 dilated, same weights)")
     args = p.parse_args(argv)
     result = run(args)
     out = Path(args.out)

@@ -157,3 +157,40 @@ def test_channels_last():
         assert cl.conv1.weight.is_contiguous(memory_format=torch.channels_last)
         out = cl(x.contiguous(memory_format=torch.channels_last))
     assert torch.allclose(out, ref, atol=1e-5)
+
+
+@pytest.mark.parametrize("output_stride,dilate", [(16, [False, False, True]), (8, [False, True, True])])
+def test_output_stride_matches_torchvision_dilation(output_stride, dilate):
+    """Bottleneck nets: same weights, same features as torchvision's replace_stride_with_dilation."""
+    from detcon.model.backbone import set_output_stride_
+
+    torch.manual_seed(0)
+    tv = torchvision.models.resnet50(weights=None, replace_stride_with_dilation=dilate).eval()
+    ours = load_torchvision_weights(build_backbone("resnet50"), tv.state_dict())
+    before = {k: v.clone() for k, v in ours.state_dict().items()}
+    set_output_stride_(ours, output_stride).eval()
+    assert ours.stride == output_stride
+    after = ours.state_dict()
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        ref = nn.Sequential(*list(tv.children())[:-2])(x)
+        out = ours(x)
+    assert out.shape == (1, 2048, 64 // output_stride, 64 // output_stride)
+    assert torch.allclose(out, ref, atol=1e-5, rtol=1e-5)
+
+
+def test_output_stride_basic_blocks_and_errors():
+    from detcon.model.backbone import set_output_stride_
+
+    net = set_output_stride_(build_backbone("resnet18"), 16)
+    assert net(torch.randn(2, 3, 96, 96)).shape == (2, 512, 6, 6)
+    # first block of layer4 keeps dilation 1 (its conv no longer strides), the second uses 2
+    assert net.layer4[0].conv1.stride == (1, 1) and net.layer4[0].conv1.dilation == (1, 1)
+    assert net.layer4[1].conv1.dilation == (2, 2) and net.layer4[0].downsample[0].stride == (1, 1)
+    assert net.layer3[0].conv1.stride == (2, 2)  # untouched at 16
+    assert set_output_stride_(build_backbone("resnet18"), 32).stride == 32
+    with pytest.raises(ValueError, match="8, 16 or 32"):
+        set_output_stride_(build_backbone("resnet18"), 4)
+    with pytest.raises(ValueError, match="already has output stride 16"):
+        set_output_stride_(net, 8)

@@ -124,3 +124,19 @@ def test_metrics_file_keeps_one_history(tmp_path):
 
     MetricsWriter(tmp_path, tensorboard=False, start_step=0).close()  # a fresh run
     assert (tmp_path / "metrics.jsonl").read_text() == ""
+
+
+def test_output_stride_16_trains_on_a_finer_grid(tmp_path):
+    """model.output_stride=16: 64 px views give a 4x4 grid (2x2 at the official 32)."""
+    cfg = tiny_cfg(tmp_path, "train.steps=1", "model.output_stride=16")
+    assert train(cfg)["step"] == 1
+    ckpt = checkpoint.load(tmp_path / "last.pt")
+    assert ckpt["model"]["output_stride"] == 16
+    assert ckpt["config"]["model"]["output_stride"] == 16
+
+
+def test_output_stride_must_be_8_16_or_32(tmp_path):
+    from detcon.config import ConfigError, resolve
+
+    with pytest.raises(ConfigError, match="model.output_stride"):
+        resolve(tiny_cfg(tmp_path, "model.output_stride=12"), dataset_size=8)

@@ -85,6 +85,11 @@ class ModelConfig:
     """resnet18/34/50/101/152/200 (official: resnet50; resnet200 for the large checkpoint)."""
     width_multiplier: int = 1
     """Channel multiplier of the backbone."""
+    output_stride: int = 32
+    """Stride of the backbone features, i.e. feature grid = image_size / output_stride (official
+    32: a 7x7 grid at 224 px). 16 or 8 dilate layer4 (and layer3) instead of striding: a finer
+    grid for mask pooling on small images, at a higher cost. A deviation from the official
+    model, for small-image settings; the weights are the same tensors at any stride."""
     proj_hidden: int = 4096
     """Projector hidden width (official 4096)."""
     proj_dim: int = 256
@@ -375,7 +380,7 @@ def resolve(cfg: Config, dataset_size: int, world_size: int = 1) -> Config:
     * ``optim.peak_lr = base_lr * batch_size / 256``;
     * byol / simclr force the whole-image mask and K = 1.
     """
-    d, t, o, lo, m = cfg.data, cfg.train, cfg.optim, cfg.loss, cfg.masks
+    d, t, o, lo, m, mo = cfg.data, cfg.train, cfg.optim, cfg.loss, cfg.masks, cfg.model
     if lo.method not in METHODS:
         raise ConfigError(
             f"loss.method: {lo.method!r} is not one of {METHODS}.{_suggest(lo.method, METHODS)}"
@@ -393,6 +398,8 @@ def resolve(cfg: Config, dataset_size: int, world_size: int = 1) -> Config:
     ):
         if value < 1:
             raise ConfigError(f"{key} must be >= 1, got {value}")
+    if mo.output_stride not in (8, 16, 32):
+        raise ConfigError(f"model.output_stride must be 8, 16 or 32, got {mo.output_stride}")
     if d.image_size % 32:
         raise ConfigError(
             f"data.image_size must be a multiple of 32 (backbone stride), got {d.image_size}"

@@ -147,7 +147,8 @@ def train(cfg: Config, dataset=None) -> dict:
         return checkpoint.save_atomic(ckpt, run_dir / name)
 
     # ---- loop
-    grid = (cfg.data.image_size // 32, cfg.data.image_size // 32)
+    side = cfg.data.image_size // cfg.model.output_stride
+    grid = (side, side)
     stop, writer = StopFlag(), MetricsWriter(run_dir, start_step=step)
     guard = BufferGuard(online, target)
     pbar = tqdm(

@@ -69,7 +69,11 @@ def make_checkpoint(cfg, step, online, target, optimizer, scaler) -> dict:
         "kind": "detcon-pretrain",
         "step": step,
         "config": to_dict(cfg),
-        "model": {"backbone": cfg.model.backbone, "width_multiplier": cfg.model.width_multiplier},
+        "model": {
+            "backbone": cfg.model.backbone,
+            "width_multiplier": cfg.model.width_multiplier,
+            "output_stride": cfg.model.output_stride,
+        },
         "online": online.net.state_dict(),
         "target": target.state_dict() if target is not None else None,
         "optimizer": optimizer.state_dict(),

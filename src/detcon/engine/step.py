@@ -17,6 +17,7 @@ from detcon.engine.syncbn import convert_sync_batchnorm
 from detcon.losses import detcon_loss
 from detcon.masks import downsample_masks, sample_mask_ids
 from detcon.model import DetConNet, build_backbone, make_target
+from detcon.model.backbone import set_output_stride_
 
 EMA_METHODS = ("detcon_b", "byol")
 
@@ -52,6 +53,8 @@ def build_models(cfg, device: torch.device, num_classes: int = 0):
     m = cfg.model
     torch.manual_seed(cfg.train.seed)  # same initial weights on every rank
     backbone = build_backbone(m.backbone, width_multiplier=m.width_multiplier)
+    if m.output_stride != 32:
+        set_output_stride_(backbone, m.output_stride)
     net = DetConNet(
         backbone,
         m.proj_hidden,

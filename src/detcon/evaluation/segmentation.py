@@ -25,30 +25,15 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from detcon.evaluation.metrics import IGNORE_INDEX, confusion_matrix, iou_from_confusion
+from detcon.model.backbone import set_output_stride_
 
 log = logging.getLogger(__name__)
 
 
 def dilate_backbone_(backbone: nn.Module) -> nn.Module:
-    """Replace the stride-2 of ``layer3`` and ``layer4`` by dilation (2 and 4), in place.
-
-    Follows torchvision's ``replace_stride_with_dilation=[False, True, True]``: the first block
-    of a dilated stage keeps the previous dilation on its strided 3x3 conv (now stride 1), the
-    later blocks use the new one; the projection shortcut loses its stride.
-    """
-    prev = 1
-    for name, dilation in (("layer3", 2), ("layer4", 4)):
-        for i, block in enumerate(getattr(backbone, name)):
-            d = prev if i == 0 else dilation
-            for conv in block.modules():
-                if isinstance(conv, nn.Conv2d) and conv.kernel_size == (3, 3):
-                    conv.stride, conv.dilation, conv.padding = (1, 1), (d, d), (d, d)
-            if block.downsample is not None:
-                block.downsample[0].stride = (1, 1)
-            block.stride = 1
-        prev = dilation
-    backbone.stride = 8
-    return backbone
+    """Output stride 8 (``layer3``/``layer4`` dilated 2 and 4), in place; see
+    :func:`detcon.model.backbone.set_output_stride_`."""
+    return set_output_stride_(backbone, 8)
 
 
 class SegmentationModel(nn.Module):

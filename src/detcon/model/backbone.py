@@ -174,6 +174,38 @@ class Backbone(nn.Module):
     forward_features = forward
 
 
+def set_output_stride_(backbone: nn.Module, output_stride: int) -> nn.Module:
+    """Trade the last strides for dilation so features come out at ``output_stride``, in place.
+
+    ``32`` leaves the network as it is (the official DetCon backbone). ``16`` dilates ``layer4``
+    (dilation 2), ``8`` dilates ``layer3`` and ``layer4`` (2 and 4), as torchvision's
+    ``replace_stride_with_dilation``: the first block of a dilated stage keeps the previous
+    dilation on its 3x3 conv (now stride 1), later blocks use the new one, and the projection
+    shortcut loses its stride. Weights are unchanged (the same tensors fit every stride), so a
+    checkpoint trained at one output stride loads at any other. Works for basic and bottleneck
+    blocks. A lower output stride gives a finer feature grid (more mask cells) at the cost of
+    running the dilated stages on 4x (16) or 16x (8) more positions.
+    """
+    if output_stride not in (8, 16, 32):
+        raise ValueError(f"output_stride must be 8, 16 or 32, got {output_stride!r}")
+    if getattr(backbone, "stride", 32) != 32:
+        raise ValueError(f"backbone already has output stride {backbone.stride}; build a new one")
+    stages = {32: (), 16: (("layer4", 2),), 8: (("layer3", 2), ("layer4", 4))}[output_stride]
+    prev = 1
+    for name, dilation in stages:
+        for i, block in enumerate(getattr(backbone, name)):
+            d = prev if i == 0 else dilation
+            for conv in block.modules():
+                if isinstance(conv, nn.Conv2d) and conv.kernel_size == (3, 3):
+                    conv.stride, conv.dilation, conv.padding = (1, 1), (d, d), (d, d)
+            if block.downsample is not None:
+                block.downsample[0].stride = (1, 1)
+            block.stride = 1
+        prev = dilation
+    backbone.stride = output_stride
+    return backbone
+
+
 def build_backbone(
     name: str,
     width_multiplier: int = 1,
