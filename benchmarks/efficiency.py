@@ -389,7 +389,9 @@ def plot(out: Path, summary: dict, s: Setting) -> None:
         ax.set_xlabel(xlabel)
         ax.set_ylabel("val mIoU (%)")
         grid = s.image_size // s.output_stride
-        ax.set_title(f"linear segmentation probe, {s.backbone} {s.image_size}px ({grid}x{grid} grid)")
+        ax.set_title(
+            f"linear segmentation probe, {s.backbone} {s.image_size}px ({grid}x{grid} grid)"
+        )
         ax.legend(fontsize=7)
         fig.tight_layout()
         scenes._save_atomic(lambda t, f=fig: f.savefig(t, format="png", dpi=120), out / fname)

@@ -131,8 +131,13 @@ def main(argv=None) -> int:
     p.add_argument("--lr", type=float, default=0.1)
     p.add_argument("--weight-decay", type=float, default=1e-4)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--output-stride", type=int, default=32, choices=(8, 16, 32),
-                   help="probe features at this stride (layer3/4 dilated, same weights)")
+    p.add_argument(
+        "--output-stride",
+        type=int,
+        default=32,
+        choices=(8, 16, 32),
+        help="probe features at this stride (layer3/4 dilated, same weights)",
+    )
     args = p.parse_args(argv)
     result = run(args)
     out = Path(args.out)

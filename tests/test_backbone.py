@@ -159,7 +159,9 @@ def test_channels_last():
     assert torch.allclose(out, ref, atol=1e-5)
 
 
-@pytest.mark.parametrize("output_stride,dilate", [(16, [False, False, True]), (8, [False, True, True])])
+@pytest.mark.parametrize(
+    "output_stride,dilate", [(16, [False, False, True]), (8, [False, True, True])]
+)
 def test_output_stride_matches_torchvision_dilation(output_stride, dilate):
     """Bottleneck nets: same weights, same features as torchvision's replace_stride_with_dilation."""
     from detcon.model.backbone import set_output_stride_
