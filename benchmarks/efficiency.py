@@ -7,7 +7,8 @@ segmentation probe of ``seg_probe.py`` (standardised features) on the val split,
 stamp files never seen in pretraining. Repeated over seeds. Outputs in ``--out``::
 
     results.json   every evaluation (method, masks, seed, step, seconds, mIoU) + summary
-    table.md       mean +- std mIoU per budget, random-init floor, steps-to-BYOL ratio
+    table.md       mean +- std mIoU per budget, random-init floor, steps-to-BYOL ratio; the same
+                   for the class-agnostic object IoU of the probe (objects found, class ignored)
     miou_vs_steps.png, miou_vs_seconds.png
 
 Budgets are checkpoints of ONE cosine schedule, not separately scheduled runs as in the paper,
@@ -246,7 +247,10 @@ def evaluate(s: Setting, ckpt: Path | None, seed: int, data: Path, out: Path, dr
     docstring). ``probe = (train images, epochs, batch)``.
     """
     if out.exists():
-        return json.loads(out.read_text())
+        res = json.loads(out.read_text())
+        if "object_iou" in res["metrics"]:
+            return res
+        out.unlink()  # made before the probe reported object IoU: evaluate again
     _, epochs, batch = s.probe
     src = ["--checkpoint", ckpt] if ckpt else ["--random", "--arch", s.backbone]
     cmd = [sys.executable, str(HERE / "seg_probe.py"), *map(str, [
@@ -261,6 +265,10 @@ def evaluate(s: Setting, ckpt: Path | None, seed: int, data: Path, out: Path, dr
 def miou_of(result: dict) -> float:
     m = result["metrics"]
     return float(m["miou"])
+
+
+def object_iou_of(result: dict) -> float:
+    return float(result["metrics"]["object_iou"])
 
 
 # --------------------------------------------------------------------------- summary
@@ -282,8 +290,16 @@ def steps_to_reach(steps: list[int], miou: list[float], target: float) -> tuple[
     return None, "not reached"
 
 
-def summarise(records: list[dict], floor: list[float], s: Setting) -> dict:
-    """Mean / std / n over seeds per (run, step), and the DetCon_B-vs-BYOL step ratio."""
+def _stats(rs: list[dict], key: str) -> tuple[float, float]:
+    vals = [r[key] for r in rs]
+    return float(np.mean(vals)), float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0
+
+
+def summarise(
+    records: list[dict], floor: list[float], s: Setting, floor_object: list[float] = ()
+) -> dict:
+    """Mean / std / n over seeds per (run, step) of mIoU (and of the class-agnostic object IoU
+    when the records have it), and the DetCon_B-vs-BYOL step ratio on mIoU."""
     rows = {}
     for name, _, _ in RUNS:
         per_step = {}
@@ -292,17 +308,18 @@ def summarise(records: list[dict], floor: list[float], s: Setting) -> dict:
                 per_step.setdefault(r["step"], []).append(r)
         if not per_step:
             continue
-        rows[name] = {
-            str(st): {
-                "miou_mean": float(np.mean([r["miou"] for r in rs])),
-                "miou_std": float(np.std([r["miou"] for r in rs], ddof=1)) if len(rs) > 1 else 0.0,
-                "seeds": sorted(r["seed"] for r in rs),
-                "seconds_mean": float(np.mean([r["seconds"] for r in rs])),
-            }
-            for st, rs in sorted(per_step.items())
-        }
+        rows[name] = {}
+        for st, rs in sorted(per_step.items()):
+            cell = {"seeds": sorted(r["seed"] for r in rs),
+                    "seconds_mean": float(np.mean([r["seconds"] for r in rs]))}  # fmt: skip
+            cell["miou_mean"], cell["miou_std"] = _stats(rs, "miou")
+            if all(r.get("object_iou") is not None for r in rs):
+                cell["object_iou_mean"], cell["object_iou_std"] = _stats(rs, "object_iou")
+            rows[name][str(st)] = cell
     out = {"rows": rows, "random_init": {"miou_mean": float(np.mean(floor)) if floor else None,
                                          "n": len(floor)}}  # fmt: skip
+    if floor_object:
+        out["random_init"]["object_iou_mean"] = float(np.mean(floor_object))
     byol, det = rows.get("BYOL", {}), rows.get("DetCon_B", {})
     final = str(s.steps)
     if final in byol and all(str(b) in det for b in budget_steps(s)):
@@ -319,17 +336,10 @@ def summarise(records: list[dict], floor: list[float], s: Setting) -> dict:
     return out
 
 
-def write_report(out: Path, records: list[dict], floor: list[float], s: Setting, name: str):
-    """results.json, table.md and the two plots, all rewritten atomically."""
-    summary = summarise(records, floor, s)
-    doc = {"setting": name, "config": dataclasses.asdict(s), "evaluations": records,
-           "random_init_evaluations": floor, "summary": summary}  # fmt: skip
-    scenes._save_atomic(
-        lambda t: Path(t).write_text(json.dumps(doc, indent=1)), out / "results.json"
-    )
+def _table(summary: dict, s: Setting, metric: str, title: str) -> list[str]:
+    """Markdown rows of ``metric`` ("miou" / "object_iou"), mean ± std (n) per budget."""
     steps = budget_steps(s)
-    lines = [f"mIoU (%) of the linear segmentation probe, mean ± std over seeds (n), setting `{name}`",
-             "", "| method | masks | " + " | ".join(f"{b} steps" for b in steps) + " | loop s |",
+    lines = [title, "", "| method | masks | " + " | ".join(f"{b} steps" for b in steps) + " | loop s |",
              "|---|---|" + "---|" * (len(steps) + 1)]  # fmt: skip
     for run_name, _method, masks in RUNS:
         row = summary["rows"].get(run_name)
@@ -338,15 +348,32 @@ def write_report(out: Path, records: list[dict], floor: list[float], s: Setting,
         cells = []
         for b in steps:
             c = row.get(str(b))
-            cells.append("–" if c is None else
-                         f"{100 * c['miou_mean']:.1f} ± {100 * c['miou_std']:.1f} ({len(c['seeds'])})")  # fmt: skip
+            cells.append("–" if c is None or f"{metric}_mean" not in c else
+                         f"{100 * c[f'{metric}_mean']:.1f} ± {100 * c[f'{metric}_std']:.1f} ({len(c['seeds'])})")  # fmt: skip
         last = row.get(str(s.steps))
         secs = f"{last['seconds_mean']:.0f}" if last else "–"
         lines.append(f"| {run_name} | {masks} | " + " | ".join(cells) + f" | {secs} |")
     ri = summary["random_init"]
-    if ri["miou_mean"] is not None:
-        lines.append(f"| random init | – | {100 * ri['miou_mean']:.1f} (floor, n={ri['n']}) |"
+    if ri.get(f"{metric}_mean") is not None:
+        lines.append(f"| random init | – | {100 * ri[f'{metric}_mean']:.1f} (floor, n={ri['n']}) |"
                      + " |" * len(steps))  # fmt: skip
+    return lines
+
+
+def write_report(
+    out: Path, records: list[dict], floor: list[float], s: Setting, name: str,
+    floor_object: list[float] = (),
+):  # fmt: skip
+    """results.json, table.md and the two plots, all rewritten atomically."""
+    summary = summarise(records, floor, s, floor_object)
+    doc = {"setting": name, "config": dataclasses.asdict(s), "evaluations": records,
+           "random_init_evaluations": floor, "random_init_object_iou": list(floor_object),
+           "summary": summary}  # fmt: skip
+    scenes._save_atomic(
+        lambda t: Path(t).write_text(json.dumps(doc, indent=1)), out / "results.json"
+    )
+    lines = _table(summary, s, "miou", "mIoU (%) of the linear segmentation probe, mean ± std "
+                   f"over seeds (n), setting `{name}`")  # fmt: skip
     cmp = summary.get("detcon_b_vs_byol")
     if cmp:
         lines.append("")
@@ -360,6 +387,9 @@ def write_report(out: Path, records: list[dict], floor: list[float], s: Setting,
                          f"{cmp['byol_final_steps']} steps) after {cmp['kind']} {cmp['detcon_b_steps']:.0f} "
                          f"steps: {cmp['speedup']:.2f}x fewer steps"
                          + (" (a lower bound)" if cmp["kind"] == "at most" else "") + ".")  # fmt: skip
+    if any("object_iou_mean" in c for row in summary["rows"].values() for c in row.values()):
+        lines += [""] + _table(summary, s, "object_iou", "Class-agnostic object IoU (%) of the "
+                               "same probe (any object class counts as object), mean ± std (n)")  # fmt: skip
     text = "\n".join(lines) + "\n"
     scenes._save_atomic(lambda t: Path(t).write_text(text), out / "table.md")
     plot(out, summary, s)
@@ -367,32 +397,35 @@ def write_report(out: Path, records: list[dict], floor: list[float], s: Setting,
 
 
 def plot(out: Path, summary: dict, s: Setting) -> None:
+    """mIoU (and object IoU when measured) versus steps and versus loop seconds."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    metrics = [("miou", "val mIoU (%)")]
+    if any("object_iou_mean" in c for row in summary["rows"].values() for c in row.values()):
+        metrics.append(("object_iou", "val object IoU (%)"))
+    grid = s.image_size // s.output_stride
     for key, xlabel, fname in (("steps", "pretraining steps", "miou_vs_steps.png"),
                                ("seconds", "training-loop seconds", "miou_vs_seconds.png")):  # fmt: skip
-        fig, ax = plt.subplots(figsize=(6, 4))
-        for run_name, row in summary["rows"].items():
-            pts = sorted((int(st), c) for st, c in row.items())
-            x = [st if key == "steps" else c["seconds_mean"] for st, c in pts]
-            y = [100 * c["miou_mean"] for _, c in pts]
-            e = [100 * c["miou_std"] for _, c in pts]
-            ax.errorbar(x, y, yerr=e, marker="o", capsize=3, label=run_name,
-                        linestyle="--" if "masks" in run_name else "-")  # fmt: skip
-        ri = summary["random_init"]["miou_mean"]
-        if ri is not None:
-            ax.axhline(100 * ri, color="grey", linestyle=":", label="random init")
-        ax.set_xscale("log", base=2)
-        ax.set_xlabel(xlabel)
-        ax.set_ylabel("val mIoU (%)")
-        grid = s.image_size // s.output_stride
-        ax.set_title(
-            f"linear segmentation probe, {s.backbone} {s.image_size}px ({grid}x{grid} grid)"
-        )
-        ax.legend(fontsize=7)
+        fig, axes = plt.subplots(1, len(metrics), figsize=(6 * len(metrics), 4), squeeze=False)
+        for ax, (metric, ylabel) in zip(axes[0], metrics, strict=True):
+            for run_name, row in summary["rows"].items():
+                pts = sorted((int(st), c) for st, c in row.items() if f"{metric}_mean" in c)
+                x = [st if key == "steps" else c["seconds_mean"] for st, c in pts]
+                y = [100 * c[f"{metric}_mean"] for _, c in pts]
+                e = [100 * c[f"{metric}_std"] for _, c in pts]
+                ax.errorbar(x, y, yerr=e, marker="o", capsize=3, label=run_name,
+                            linestyle="--" if "masks" in run_name else "-")  # fmt: skip
+            ri = summary["random_init"].get(f"{metric}_mean")
+            if ri is not None:
+                ax.axhline(100 * ri, color="grey", linestyle=":", label="random init")
+            ax.set_xscale("log", base=2)
+            ax.set_xlabel(xlabel)
+            ax.set_ylabel(ylabel)
+            ax.set_title(f"linear seg. probe, {s.backbone} {s.image_size}px ({grid}x{grid} grid)")
+            ax.legend(fontsize=7)
         fig.tight_layout()
         scenes._save_atomic(lambda t, f=fig: f.savefig(t, format="png", dpi=120), out / fname)
         plt.close(fig)
@@ -425,11 +458,12 @@ def main(argv=None) -> int:
     dry = args.dry_run
     t0 = time.time()
     sources = prepare_data(s, data, dry)
-    records, floor = [], []
+    records, floor, floor_object = [], [], []
     for seed in s.seeds:  # seed-major: a partial run still has every method for seed 0
         res = evaluate(s, None, seed, data, work / "evals" / f"random_init_s{seed}.json", dry)
         if res:
             floor.append(miou_of(res))
+            floor_object.append(object_iou_of(res))
         for run_name, method, masks in runs:
             run = work / f"{_slug(run_name)}_s{seed}"
             pretrain(s, method, sources[masks], seed, run, data / "unlabelled/images", dry)
@@ -439,9 +473,10 @@ def main(argv=None) -> int:
                 res = evaluate(s, ck, seed, data, work / "evals" / f"{run.name}_step{b}.json", dry)
                 if res:
                     records.append({"run": run_name, "method": method, "masks": masks, "seed": seed,
-                                    "step": b, "seconds": secs.get(b, float("nan")), "miou": miou_of(res)})  # fmt: skip
+                                    "step": b, "seconds": secs.get(b, float("nan")), "miou": miou_of(res),
+                                    "object_iou": object_iou_of(res)})  # fmt: skip
             if not dry:
-                text = write_report(args.out, records, floor, s, args.setting)
+                text = write_report(args.out, records, floor, s, args.setting, floor_object)
                 print(f"[{time.time() - t0:.0f} s] {run_name} seed {seed} done\n{text}", flush=True)
     if dry:
         print(f"dry run: {len(s.seeds)} seeds x {len(runs)} runs x {len(BUDGETS)} budgets")

@@ -66,7 +66,16 @@ def train_head(x, y, num_classes: int, *, epochs: int, batch: int, lr: float, wd
             loss.backward()
             opt.step()
             step += 1
-    return head, float(loss)
+    return head, float(loss.detach())
+
+
+def object_iou(cm: torch.Tensor) -> float:
+    """Class-agnostic object IoU from a confusion matrix ``cm[true, pred]`` whose class 0 is the
+    background: every other class counts as "object" in both maps, so finding the objects is
+    scored apart from naming their class. NaN when there are no object pixels at all."""
+    tp, fp, fn = cm[1:, 1:].sum(), cm[0, 1:].sum(), cm[1:, 0].sum()
+    union = tp + fp + fn
+    return float("nan") if union == 0 else tp.item() / union.item()
 
 
 def run(args) -> dict:
@@ -106,6 +115,8 @@ def run(args) -> dict:
         "metrics": {
             "miou": miou,
             "pixel_accuracy": (cm.diag().sum() / cm.sum().clamp(min=1)).item(),
+            "object_iou": object_iou(cm),
+            "confusion": cm.tolist(),  # [true class, predicted class] pixel counts
             "per_class_iou": [None if v != v else float(v) for v in iou.tolist()],
             "final_train_loss": last,
             "feature_shape": list(x_tr.shape[1:]),
@@ -147,7 +158,8 @@ def main(argv=None) -> int:
     tmp.replace(out)
     m = result["metrics"]
     print(
-        f"mIoU {m['miou']:.4f}  pixel acc {m['pixel_accuracy']:.4f}  ({m['seconds_total']:.0f} s) -> {out}"
+        f"mIoU {m['miou']:.4f}  object IoU {m['object_iou']:.4f}  pixel acc {m['pixel_accuracy']:.4f}"
+        f"  ({m['seconds_total']:.0f} s) -> {out}"
     )
     return 0
 

@@ -182,3 +182,27 @@ def test_efficiency_summary_speedup_and_loop_seconds(tmp_path):
     lines = [{"step": 5, "images_per_s": 25.0}, {"step": 10, "images_per_s": 50.0}]
     (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
     assert eff.loop_seconds(run) == {5: 2.0, 10: 3.0}  # 50 images / 25 per s, then + 50 / 50
+
+
+def test_efficiency_report_tables_and_plots(tmp_path):
+    eff = _efficiency()
+    s = eff.SETTINGS["smoke"]  # budgets 1, 2, 4, 8
+    recs = [
+        {"run": run, "seed": seed, "step": b, "seconds": b, "miou": m + 0.01 * b + 0.002 * seed,
+         "object_iou": 2 * m + 0.01 * b}
+        for run, m in (("BYOL", 0.2), ("DetCon_B", 0.1))
+        for seed in (0, 1)
+        for b in (1, 2, 4, 8)
+    ]  # fmt: skip
+    text = eff.write_report(tmp_path, recs, [0.05, 0.07], s, "smoke", [0.1, 0.2])
+    miou_part, object_part = text.split("Class-agnostic object IoU")
+    rows = {ln.split(" | ")[0]: ln for ln in miou_part.splitlines() if ln.startswith("| ")}
+    assert "28.1 ± 0.1 (2)" in rows["| BYOL"]  # 0.2 + 0.08 + mean(0, 0.002); std 0.0014
+    rows = {ln.split(" | ")[0]: ln for ln in object_part.splitlines() if ln.startswith("| ")}
+    assert rows["| BYOL"].endswith("| 48.0 ± 0.0 (2) | 8 |")  # 0.4 + 0.08 at 8 steps
+    assert "| random init | – | 6.0 (floor, n=2) |" in text and "15.0 (floor, n=2)" in text
+    assert "DetCon_B did not reach BYOL's final mIoU (28.1)" in text
+    doc = json.loads((tmp_path / "results.json").read_text())
+    assert doc["summary"]["rows"]["DetCon_B"]["8"]["object_iou_mean"] == pytest.approx(0.28)
+    for name in ("table.md", "miou_vs_steps.png", "miou_vs_seconds.png"):
+        assert (tmp_path / name).stat().st_size > 0
