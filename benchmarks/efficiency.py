@@ -432,6 +432,27 @@ def plot(out: Path, summary: dict, s: Setting) -> None:
 
 
 # --------------------------------------------------------------------------- main
+def apply_overrides(s: Setting, items: list[str]) -> tuple[Setting, list[tuple[str, str]]]:
+    """``["base_lr=32", ...]`` -> (new setting, [(field, value), ...]); scalar fields only."""
+    fields = {f.name: f for f in dataclasses.fields(Setting)}
+    scalar = {
+        k: type(getattr(s, k)) for k in fields if isinstance(getattr(s, k), int | float | str)
+    }
+    changes, done = {}, []
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or key not in scalar:
+            raise ValueError(
+                f"--set {item!r}: expected FIELD=VALUE with FIELD one of {sorted(scalar)}"
+            )
+        try:
+            changes[key] = scalar[key](value)
+        except ValueError:
+            raise ValueError(f"--set {item!r}: {value!r} is not a {scalar[key].__name__}") from None
+        done.append((key, value))
+    return dataclasses.replace(s, **changes), done
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--setting", choices=sorted(SETTINGS), default="small")
@@ -445,13 +466,21 @@ def main(argv=None) -> int:
     p.add_argument(
         "--runs", nargs="*", help="subset of run names (default all), e.g. BYOL DetCon_B"
     )
+    p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                   help="change one scalar field of the setting, e.g. --set base_lr=32 (repeatable); "
+                        "runs then go to their own work folder")  # fmt: skip
     p.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
     args = p.parse_args(argv)
     s = SETTINGS[args.setting]
     if args.seeds:
         s = dataclasses.replace(s, seeds=tuple(args.seeds))
+    try:
+        s, changed = apply_overrides(s, args.set)
+    except ValueError as e:
+        p.error(str(e))
+    name = args.setting + "".join(f"_{k}={v}" for k, v in changed)
     data = args.data or HERE / ".cache" / "scenes_{}_{}_{}".format(*s.scenes)
-    work = args.work or HERE / ".cache" / f"efficiency_{args.setting}" / "runs"
+    work = args.work or HERE / ".cache" / f"efficiency_{name}" / "runs"
     runs = [r for r in RUNS if not args.runs or r[0] in args.runs]
     if args.runs and len(runs) != len(args.runs):
         p.error(f"--runs: unknown name among {args.runs}; choose from {[r[0] for r in RUNS]}")
@@ -476,7 +505,7 @@ def main(argv=None) -> int:
                                     "step": b, "seconds": secs.get(b, float("nan")), "miou": miou_of(res),
                                     "object_iou": object_iou_of(res)})  # fmt: skip
             if not dry:
-                text = write_report(args.out, records, floor, s, args.setting, floor_object)
+                text = write_report(args.out, records, floor, s, name, floor_object)
                 print(f"[{time.time() - t0:.0f} s] {run_name} seed {seed} done\n{text}", flush=True)
     if dry:
         print(f"dry run: {len(s.seeds)} seeds x {len(runs)} runs x {len(BUDGETS)} budgets")

@@ -206,3 +206,13 @@ def test_efficiency_report_tables_and_plots(tmp_path):
     assert doc["summary"]["rows"]["DetCon_B"]["8"]["object_iou_mean"] == pytest.approx(0.28)
     for name in ("table.md", "miou_vs_steps.png", "miou_vs_seconds.png"):
         assert (tmp_path / name).stat().st_size > 0
+
+
+def test_efficiency_setting_overrides():
+    eff = _efficiency()
+    s, done = eff.apply_overrides(eff.SETTINGS["cpu"], ["base_lr=32", "steps=96"])
+    assert s.base_lr == 32.0 and s.steps == 96 and done == [("base_lr", "32"), ("steps", "96")]
+    assert s.output_stride == 16  # untouched fields kept
+    for bad in ("lr=3", "base_lr", "steps=1.5", "seeds=1"):
+        with pytest.raises(ValueError, match="--set"):
+            eff.apply_overrides(s, [bad])
