@@ -17,7 +17,9 @@ BYOL / SimCLR are, by the engine's definition, DetCon_B / DetCon_S with the whol
 (K = 1); the BYOL run therefore is the "whole image" row of the mask ablation.
 Rerunning the same command resumes: finished pretraining runs and evaluations are reused.
 
-    python benchmarks/efficiency.py --setting small --out benchmarks/results/efficiency_small
+    python benchmarks/efficiency.py --setting cpu --out benchmarks/results/efficiency_cpu
+    python benchmarks/efficiency.py --setting cpu --set base_lr=32 --seeds 0 --runs BYOL DetCon_B \
+        --out /tmp/lr4x     # one field changed: its own work folder, nothing reused by mistake
 """
 
 from __future__ import annotations
@@ -455,7 +457,7 @@ def apply_overrides(s: Setting, items: list[str]) -> tuple[Setting, list[tuple[s
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--setting", choices=sorted(SETTINGS), default="small")
+    p.add_argument("--setting", choices=sorted(SETTINGS), default="cpu")
     p.add_argument("--out", type=Path, required=True, help="results folder (table, JSON, plots)")
     p.add_argument("--data", type=Path, default=None,
                    help="scenes + mask caches (default benchmarks/.cache/scenes_<train>_<val>_<side>, "

@@ -7,7 +7,7 @@ maps and once after both maps are reduced to the ``g x g`` feature grid with the
 own ``downsample_masks`` (majority vote). Reported: mean best IoU over objects, the fraction of
 objects with best IoU >= 0.5, and the mean number of region ids on the grid.
 
-    python benchmarks/mask_quality.py --data benchmarks/.cache/efficiency_small --grid 3
+    python benchmarks/mask_quality.py --data benchmarks/.cache/scenes_2000_500_128 --grid 3
 """
 
 from __future__ import annotations
