@@ -463,7 +463,7 @@ def main(argv=None) -> int:
                    help="scenes + mask caches (default benchmarks/.cache/scenes_<train>_<val>_<side>, "
                         "shared by settings with the same scenes)")  # fmt: skip
     p.add_argument("--work", type=Path, default=None,
-                   help="checkpoints and logs (default benchmarks/.cache/efficiency_<setting>/runs)")  # fmt: skip
+                   help="checkpoints and logs (default benchmarks/.cache/efficiency_<setting>[_<field>=<value>]/runs)")  # fmt: skip
     p.add_argument("--seeds", type=int, nargs="*", help="override the setting's seeds")
     p.add_argument(
         "--runs", nargs="*", help="subset of run names (default all), e.g. BYOL DetCon_B"
