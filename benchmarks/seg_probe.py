@@ -82,15 +82,13 @@ def run(args) -> dict:
     from detcon.evaluation.common import load_backbone
     from detcon.evaluation.metrics import confusion_matrix, iou_from_confusion
     from detcon.evaluation.voc import VOCSegmentation
+    from detcon.model.backbone import set_output_stride_
 
     t0 = time.perf_counter()
     torch.manual_seed(args.seed)
     weights = None if args.checkpoint else "random"
     backbone, source = load_backbone(args.checkpoint, weights, args.arch, "online", args.seed)
-    if args.output_stride != 32:
-        from detcon.model.backbone import set_output_stride_
-
-        set_output_stride_(backbone, args.output_stride)
+    set_output_stride_(backbone, args.output_stride)  # 32: unchanged
     backbone.eval()
     x_tr, y_tr = extract(backbone, VOCSegmentation(args.data, args.train_split))
     x_va, y_va = extract(backbone, VOCSegmentation(args.data, args.val_split))

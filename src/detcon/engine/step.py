@@ -53,8 +53,7 @@ def build_models(cfg, device: torch.device, num_classes: int = 0):
     m = cfg.model
     torch.manual_seed(cfg.train.seed)  # same initial weights on every rank
     backbone = build_backbone(m.backbone, width_multiplier=m.width_multiplier)
-    if m.output_stride != 32:
-        set_output_stride_(backbone, m.output_stride)
+    set_output_stride_(backbone, m.output_stride)  # 32: unchanged (official)
     net = DetConNet(
         backbone,
         m.proj_hidden,
