@@ -199,3 +199,30 @@ class DetConLoss(nn.Module):
 
     def extra_repr(self) -> str:
         return f"temperature={self.temperature}, local_negatives={self.local_negatives}"
+
+
+def byol_loss(pred1: Tensor, pred2: Tensor, target1: Tensor, target2: Tensor) -> Tensor:
+    """BYOL's normalised regression loss (Grill et al., 2020): no negatives.
+
+    ``||n(p) - n(z)||^2 = 2 - 2 cos(p, z)`` between the online prediction of one view and the
+    target projection of the other, with the official ``l2_normalize`` (``x * rsqrt(max(sum
+    x^2, 1e-12))``, so a zero vector stays zero and its loss against a unit vector is 1, not
+    2), averaged over the batch and summed over the two directions (``pred1`` vs ``target2``,
+    ``pred2`` vs ``target1``), as the official ``regression_loss``. Range ``[0, 8]``.
+
+    Args:
+        pred1, pred2: ``[B, D]`` online predictions of views 1 and 2 (this process's rows).
+        target1, target2: ``[B, D]`` target projections of views 1 and 2 (the caller detaches
+            them). No gathering: each process's mean, averaged by DDP, is the global mean.
+
+    Computed in ``promote_types(dtype, float32)`` with autocast disabled.
+    """
+    shapes = [tuple(x.shape) for x in (pred1, pred2, target1, target2)]
+    if pred1.ndim != 2 or len(set(shapes)) != 1 or pred1.shape[0] == 0:
+        raise ValueError(f"byol_loss expects four [B,D] tensors of one shape, got {shapes}")
+    dtype = torch.promote_types(torch.promote_types(pred1.dtype, target1.dtype), torch.float32)
+    with torch.autocast(device_type=pred1.device.type, enabled=False):
+        p1, p2, t1, t2 = (_normalize(x.to(dtype)) for x in (pred1, pred2, target1, target2))
+        loss_1 = (p1 - t2).square().sum(-1).mean()  # [B] -> scalar
+        loss_2 = (p2 - t1).square().sum(-1).mean()
+    return loss_1 + loss_2
