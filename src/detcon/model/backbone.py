@@ -12,6 +12,14 @@ Official details (detcon-official.md section 5) that hold here too: 7x7/2 stem w
 and no bias, 3x3/2 max-pool, bottleneck stride on the 3x3 conv ("v1.5", torchvision's default),
 projection shortcut (1x1 conv + BN) on the first block of each stage, the last BN of every residual
 branch zero-initialised, BN momentum 0.1 = haiku decay 0.9, eps 1e-5.
+
+Padding (:data:`PADDINGS`, :func:`set_padding_`): ``"same"`` is the official haiku/TensorFlow
+behaviour (``padding='SAME'``: a strided layer on an even size pads one more pixel after than
+before, e.g. 0 before / 1 after for a 3x3/2 conv or max-pool, 2 / 3 for the 7x7/2 stem);
+``"torch"`` is torchvision's symmetric padding (3 for the stem, 1 for 3x3s), which shifts every
+feature cell by one input pixel relative to the official network. The parameters and
+``state_dict`` are identical in both modes. ``build_backbone`` defaults to ``"torch"``; which
+mode a run uses is decided by the config (the official recipe uses ``"same"``).
 """
 
 from __future__ import annotations
@@ -19,6 +27,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torchvision.models.resnet import BasicBlock, Bottleneck, conv1x1
 
@@ -33,6 +42,120 @@ _SPECS: dict[str, tuple[type[nn.Module], tuple[int, int, int, int]]] = {
     "resnet152": (Bottleneck, (3, 8, 36, 3)),
     "resnet200": (Bottleneck, (3, 24, 36, 3)),
 }
+
+
+# Padding modes accepted by :func:`set_padding_` / :func:`build_backbone`.
+PADDINGS = ("torch", "same")
+
+
+def check_padding(padding: str) -> str:
+    """Return ``padding`` if it is one of :data:`PADDINGS`, else raise ``ValueError``."""
+    if padding not in PADDINGS:
+        raise ValueError(f"padding must be one of {PADDINGS}, got {padding!r}")
+    return padding
+
+
+def same_pads(size: int, kernel: int, stride: int, dilation: int = 1) -> tuple[int, int]:
+    """TensorFlow/XLA ``'SAME'`` padding ``(before, after)`` of one spatial dimension.
+
+    ``out = ceil(size / stride)``, ``total = max((out - 1) * stride + dilation * (kernel - 1)
+    + 1 - size, 0)``, ``before = total // 2``, ``after = total - before`` (the extra pixel of an
+    odd total goes after), as ``lax.padtype_to_pads`` and ``tf.nn.conv2d`` compute it.
+    """
+    out = -(-size // stride)
+    total = max((out - 1) * stride + dilation * (kernel - 1) + 1 - size, 0)
+    return total // 2, total - total // 2
+
+
+class SameConv2d(nn.Conv2d):
+    """``nn.Conv2d`` with TensorFlow ``'SAME'`` zero padding computed from the input size.
+
+    The padding is derived at every forward from the input's spatial size and the module's
+    ``kernel_size`` / ``stride`` / ``dilation``; the ``padding`` attribute is ignored (it keeps
+    the torchvision value, so :func:`set_padding_` ``"torch"`` can restore it and
+    ``set_output_stride_`` may rewrite it). The symmetric part of the padding is the conv's own
+    (no copy); only the extra pixel after (strided layers on some sizes) costs an ``F.pad``.
+    Parameters and ``state_dict`` keys are those of ``nn.Conv2d``. Output size is
+    ``ceil(size / stride)`` per dimension.
+    """
+
+    @classmethod
+    def from_conv(cls, conv: nn.Conv2d) -> SameConv2d:
+        """A ``SameConv2d`` sharing ``conv``'s parameter tensors (no copy, no new init)."""
+        if conv.padding_mode != "zeros" or isinstance(conv.padding, str):
+            raise ValueError(f"SAME padding needs a zero-padded conv, got {conv!r}")
+        new = cls(
+            conv.in_channels,
+            conv.out_channels,
+            conv.kernel_size,
+            stride=conv.stride,
+            padding=conv.padding,
+            dilation=conv.dilation,
+            groups=conv.groups,
+            bias=conv.bias is not None,
+            device="meta",  # no allocation or init; the parameters are replaced just below
+        )
+        new.weight = conv.weight
+        new.bias = conv.bias
+        new.train(conv.training)
+        return new
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        top, bottom = same_pads(x.shape[-2], self.kernel_size[0], self.stride[0], self.dilation[0])
+        left, right = same_pads(x.shape[-1], self.kernel_size[1], self.stride[1], self.dilation[1])
+        if bottom != top or right != left:  # before <= after always: pad only the extra after
+            x = F.pad(x, (0, right - left, 0, bottom - top))
+        return F.conv2d(
+            x, self.weight, self.bias, self.stride, (top, left), self.dilation, self.groups
+        )
+
+
+def _pool_out(size: int, kernel: int, stride: int, pad: int, dilation: int, ceil: bool) -> int:
+    """Output size of ``torch.nn.functional.max_pool2d`` (its documented formula)."""
+    num = size + 2 * pad - dilation * (kernel - 1) - 1
+    out = (-(-num // stride) if ceil else num // stride) + 1
+    if ceil and (out - 1) * stride >= size + pad:  # the last window must start inside
+        out -= 1
+    return out
+
+
+class SameMaxPool2d(nn.MaxPool2d):
+    """``nn.MaxPool2d`` with TensorFlow ``'SAME'`` padding computed from the input size.
+
+    TF pads max-pools with values that never win the max, i.e. ``-inf``, which is also what
+    torch's ``max_pool2d`` padding and ``ceil_mode`` overhang mean. An asymmetric SAME padding
+    ``(p, p + 1)`` is therefore done without a copy as ``max_pool2d(padding=p,
+    ceil_mode=True)``, whose windows start at the same positions and whose extra last window
+    overhangs by the extra pixel; the output size is checked to be ``ceil(size / stride)`` and
+    otherwise (never for ResNet shapes) an explicit ``-inf`` ``F.pad`` is used. The
+    ``padding`` and ``ceil_mode`` attributes are ignored (kept for ``"torch"``).
+    """
+
+    @classmethod
+    def from_pool(cls, pool: nn.MaxPool2d) -> SameMaxPool2d:
+        if pool.return_indices:
+            raise ValueError("SAME max-pool does not support return_indices")
+        new = cls(pool.kernel_size, pool.stride, pool.padding, pool.dilation, False, pool.ceil_mode)
+        new.train(pool.training)
+        return new
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        k, s, d = (
+            nn.modules.utils._pair(v) for v in (self.kernel_size, self.stride, self.dilation)
+        )
+        dims = [(x.shape[-2 + i], k[i], s[i], d[i]) for i in range(2)]
+        pads = [same_pads(*dim) for dim in dims]
+        before = tuple(p[0] for p in pads)
+        ceil = any(p[0] != p[1] for p in pads)  # symmetric: torch's own -inf padding suffices
+        exact = all(2 * b <= kk for b, kk in zip(before, k, strict=True)) and all(
+            _pool_out(n, kk, ss, b, dd, ceil) == -(-n // ss)
+            for (n, kk, ss, dd), b in zip(dims, before, strict=True)
+        )
+        if not exact:  # explicit -inf padding (torch caps its padding at kernel // 2)
+            (top, bottom), (left, right) = pads
+            x = F.pad(x, (left, right, top, bottom), value=float("-inf"))
+            before, ceil = (0, 0), False
+        return F.max_pool2d(x, k, s, before, d, ceil_mode=ceil)
 
 
 def backbone_names() -> list[str]:
@@ -56,13 +179,19 @@ class Backbone(nn.Module):
             ``"official"`` (the haiku default: truncated normal at +-2 sigma with
             sigma = 1/sqrt(fan_in), see :func:`trunc_normal_fan_in_`).
         name: a label stored as ``self.name``.
+        padding: ``"torch"`` (torchvision's symmetric padding) or ``"same"`` (the official
+            haiku/TensorFlow ``'SAME'`` padding); see :func:`set_padding_`. The default here
+            keeps torchvision's network; the config decides which mode a run uses (the
+            official recipe uses ``"same"``).
 
-    Attributes: ``out_channels`` (C), ``stride`` (32), ``name``, ``width_multiplier``.
+    Attributes: ``out_channels`` (C), ``stride`` (32), ``name``, ``width_multiplier``,
+    ``padding``.
     ``forward(x [B,3,H,W]) -> [B,C,ceil(H/32),ceil(W/32)]``; ``forward_features`` is an alias.
     Works with ``channels_last`` models and inputs (``.to(memory_format=torch.channels_last)``).
     """
 
     stride = 32
+    padding = "torch"
 
     def __init__(
         self,
@@ -74,8 +203,10 @@ class Backbone(nn.Module):
         norm_layer: Callable[[int], nn.Module] | None = None,
         init: str = "torchvision",
         name: str = "resnet",
+        padding: str = "torch",
     ) -> None:
         super().__init__()
+        check_padding(padding)
         if block not in (BasicBlock, Bottleneck):
             raise ValueError(f"block must be torchvision BasicBlock or Bottleneck, got {block!r}")
         if len(layers) != 4 or any(int(n) < 1 for n in layers):
@@ -103,6 +234,7 @@ class Backbone(nn.Module):
         self.out_channels = self.inplanes
         del self.inplanes
         self.reset_parameters()
+        set_padding_(self, padding)
 
     def _make_layer(self, block, planes: int, blocks: int, stride: int) -> nn.Sequential:
         out = planes * block.expansion
@@ -159,6 +291,8 @@ class Backbone(nn.Module):
             setattr(self, n, getattr(model, n))
         self.name = name
         self.init, self.zero_init_residual = "torchvision", True
+        same = any(isinstance(m, SameConv2d | SameMaxPool2d) for m in self.modules())
+        self.padding = "same" if same else "torch"
         self.width_multiplier = max(1, self.conv1.out_channels // 64)
         last = model.layer4[-1]
         self.out_channels = (last.bn3 if isinstance(last, Bottleneck) else last.bn2).num_features
@@ -206,6 +340,68 @@ def set_output_stride_(backbone: nn.Module, output_stride: int) -> nn.Module:
     return backbone
 
 
+def _is_strided(mod: nn.Module) -> bool:
+    k, s = (nn.modules.utils._pair(v) for v in (mod.kernel_size, mod.stride))
+    return max(s) > 1 and max(k) > 1
+
+
+def set_padding_(backbone: nn.Module, padding: str) -> nn.Module:
+    """Switch the padding of the strided layers of ``backbone`` to ``padding``, in place.
+
+    ``"same"`` is the official haiku/TensorFlow behaviour (``padding='SAME'``, computed from
+    the input size at every forward: for a stride-2 layer on an even size one more pixel is
+    padded after than before, 0 / 1 for 3x3/2, 2 / 3 for the 7x7/2 stem). ``"torch"`` is
+    torchvision's symmetric padding (3 for the stem, 1 for 3x3s). Which one is the default of a
+    run is decided by the config (the official recipe uses ``"same"``); the library default is
+    ``"torch"``.
+
+    ``"same"`` replaces every plain ``nn.Conv2d`` with stride > 1 and kernel > 1 (the stem and
+    the strided 3x3 convs of the first block of ``layer2..4``) by a :class:`SameConv2d` and
+    every strided ``nn.MaxPool2d`` by a :class:`SameMaxPool2d`. Stride-1 convs are left alone:
+    SAME on an odd kernel at stride 1 is symmetric, ``dilation * (k - 1) / 2`` on each side,
+    which is what torchvision (and ``set_output_stride_``) already uses; 1x1 strided shortcuts
+    need no padding under SAME at any size. The new modules share the parameter tensors of the
+    old ones (an optimizer built before keeps working) and the ``state_dict`` keys and shapes
+    are unchanged, so checkpoints and exports load in either mode. ``"torch"`` turns SAME
+    modules back into plain ones. Works before or after ``set_output_stride_``, for basic and
+    bottleneck blocks and with ``channels_last``. Sets ``backbone.padding``; returns
+    ``backbone``.
+    """
+    check_padding(padding)
+    for parent in list(backbone.modules()):
+        for name, child in list(parent.named_children()):
+            new = None
+            if padding == "same":
+                if type(child) is nn.Conv2d and _is_strided(child):
+                    new = SameConv2d.from_conv(child)
+                elif type(child) is nn.MaxPool2d and _is_strided(child):
+                    new = SameMaxPool2d.from_pool(child)
+            elif isinstance(child, SameConv2d):
+                new = nn.Conv2d(
+                    child.in_channels,
+                    child.out_channels,
+                    child.kernel_size,
+                    stride=child.stride,
+                    padding=child.padding,
+                    dilation=child.dilation,
+                    groups=child.groups,
+                    bias=child.bias is not None,
+                    device="meta",
+                )
+                new.weight, new.bias = child.weight, child.bias
+                new.train(child.training)
+            elif isinstance(child, SameMaxPool2d):
+                new = nn.MaxPool2d(
+                    child.kernel_size, child.stride, child.padding, child.dilation,
+                    ceil_mode=child.ceil_mode,
+                )  # fmt: skip
+                new.train(child.training)
+            if new is not None:
+                setattr(parent, name, new)
+    backbone.padding = padding
+    return backbone
+
+
 def build_backbone(
     name: str,
     width_multiplier: int = 1,
@@ -214,11 +410,15 @@ def build_backbone(
     *,
     init: str = "torchvision",
     channels_last: bool = False,
+    padding: str = "torch",
 ) -> Backbone:
     """Build a randomly initialised backbone by name (never downloads weights).
 
     ``name`` is one of :func:`backbone_names`; see :class:`Backbone` for the other arguments.
     ``channels_last=True`` converts the parameters to the channels-last memory format.
+    ``padding``: ``"torch"`` (default, torchvision's symmetric padding) or ``"same"`` (the
+    official haiku/TensorFlow ``'SAME'`` padding; the config decides, and the official recipe
+    uses ``"same"``), see :func:`set_padding_`.
     """
     if name not in _SPECS:
         raise ValueError(f"unknown backbone {name!r}; valid names: {', '.join(_SPECS)}")
@@ -231,6 +431,7 @@ def build_backbone(
         norm_layer=norm_layer,
         init=init,
         name=name,
+        padding=padding,
     )
     if channels_last:
         net = net.to(memory_format=torch.channels_last)
