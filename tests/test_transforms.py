@@ -55,9 +55,10 @@ def test_mask_ids_label_the_same_pixels_after_crop_and_flip(crop, size):
 def test_flip_is_one_coin_for_image_and_mask():
     image, mask = _coordinate_pair()
     pixels = torch.from_numpy(np.array(image)).permute(2, 0, 1)
-    img, m = paired_geometry(pixels, mask, (0, 0, H, W), flip=True, size=16)
-    assert img.dtype == torch.uint8 and img.shape == (3, 16, 16)
-    assert m[0, 0] % W > m[0, -1] % W and img[0, 0, 0] > img[0, 0, -1]
+    for antialias, dtype in ((False, torch.float32), (True, torch.uint8)):
+        img, m = paired_geometry(pixels, mask, (0, 0, H, W), True, 16, antialias)
+        assert img.dtype == dtype and img.shape == (3, 16, 16)
+        assert m[0, 0] % W > m[0, -1] % W and img[0, 0, 0] > img[0, 0, -1]
 
 
 @pytest.mark.parametrize("mode", ["official", "torchvision"])

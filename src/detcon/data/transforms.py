@@ -7,7 +7,10 @@ Recipe (detcon-official.md sections 2-3, BYOL's asymmetric views), per view inde
    uniform integer offsets, no rejection loop. ``crop="torchvision"``: RandomResizedCrop's
    10-trial rejection sampler with a centre-crop fallback (deviation, option);
 2. horizontal flip with p=0.5, one coin for image and mask;
-3. resize to ``image_size``: bicubic (antialiased, torch) for the image, **nearest** for the mask;
+3. resize to ``image_size``: bicubic for the image, **nearest** for the mask. ``antialias=False``
+   (default, official ``tf.image.resize(..., BICUBIC)``): no low-pass filter before a downscale,
+   computed in float32 and clipped to [0, 255] without rounding; ``antialias=True`` (a
+   deviation): torch's antialiased uint8 bicubic, smoother on every downscaling crop;
 4. image only: colour jitter p=0.8 (brightness 0.4, contrast 0.4, saturation 0.2, hue 0.1 in
    random order), grayscale p=0.2, Gaussian blur p=1.0 (view a) / 0.1 (view b) with sigma
    U(0.1, 2.0) and a ``2·int(S/20)+1``-tap kernel (23 at 224, like dm_pix's radius 11),
@@ -42,6 +45,7 @@ __all__ = [
     "official_crop_box",
     "torchvision_crop_box",
     "paired_geometry",
+    "resize_bicubic_tf",
     "PHOTOMETRIC_MODES",
     "DEFAULT_PHOTOMETRIC",
 ]
@@ -106,14 +110,54 @@ def _nearest_index(n_in: int, n_out: int) -> np.ndarray:
     return np.minimum(((np.arange(n_out) + 0.5) * n_in / n_out).astype(np.int64), n_in - 1)
 
 
+_KEYS_A = -0.5  # TF's bicubic ("Keys cubic" with a = -0.5); torch's bicubic uses a = -0.75
+
+
+def _keys_taps(n_in: int, n_out: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Source indices ``[n_out, 4]`` and weights ``[n_out, 4]`` of TF's non-antialiased bicubic
+    resize (``resize_bicubic`` with half-pixel centres): 4 taps around ``(i + 0.5) * n_in /
+    n_out - 0.5``, Keys' cubic with a = -0.5; taps outside the image get weight 0 and the rest
+    are renormalised to sum 1."""
+    a = _KEYS_A
+    pos = (torch.arange(n_out, dtype=torch.float64) + 0.5) * (n_in / n_out) - 0.5
+    base = pos.floor()
+    index = base[:, None] + torch.arange(-1, 3, dtype=torch.float64)  # [n_out, 4]
+    x = (pos[:, None] - index).abs()  # distance to each tap, in [0, 2]
+    near = ((a + 2) * x - (a + 3)) * x * x + 1
+    far = ((a * x - 5 * a) * x + 8 * a) * x - 4 * a
+    weight = torch.where(x <= 1, near, far)
+    inside = (index >= 0) & (index <= n_in - 1)
+    weight = weight * inside
+    weight = weight / weight.sum(-1, keepdim=True)
+    return index.clamp(0, n_in - 1).long(), weight.float()
+
+
+def resize_bicubic_tf(image: torch.Tensor, size: int) -> torch.Tensor:
+    """TF's ``tf.image.resize(image, (size, size), "bicubic")`` (antialias=False, the official
+    resize): float ``[C, H, W]`` -> float32 ``[C, size, size]``, unclipped. Separable, 4 taps
+    per output pixel and axis (see :func:`_keys_taps`)."""
+    x = image.float()
+    rows, wr = _keys_taps(x.shape[-2], size)  # [size, 4]
+    x = (x[:, rows] * wr[None, :, :, None]).sum(2)  # [C, size, 4, W] -> [C, size, W]
+    cols, wc = _keys_taps(x.shape[-1], size)
+    return (x[:, :, cols] * wc).sum(-1)  # [C, size, size, 4] -> [C, size, size]
+
+
 def paired_geometry(
-    image: torch.Tensor, mask: np.ndarray, box: tuple[int, int, int, int], flip: bool, size: int
+    image: torch.Tensor,
+    mask: np.ndarray,
+    box: tuple[int, int, int, int],
+    flip: bool,
+    size: int,
+    antialias: bool = False,
 ) -> tuple[torch.Tensor, np.ndarray]:
     """Crop ``box=(top, left, h, w)``, optionally flip, and resize to ``size x size``.
 
-    Image: uint8 ``[3, H, W]`` tensor -> uint8 ``[3, size, size]``, bicubic with antialiasing
-    (torch's uint8 fast path). Mask ``[H, W]``: nearest with the same pixel-centre convention,
-    returned as ``int64 [size, size]``.
+    Image: uint8 ``[3, H, W]`` tensor, resized bicubically. ``antialias=False`` (official: TF's
+    bicubic resize does not antialias): float32 ``[3, size, size]`` on the 0..255 scale,
+    clipped but not rounded (the official pipeline stays in float). ``antialias=True`` (a
+    deviation): uint8 ``[3, size, size]`` from torch's antialiased uint8 fast path. Mask
+    ``[H, W]``: nearest with the same pixel-centre convention, returned as ``int64 [size, size]``.
     """
     top, left, h, w = box
     img = image[:, top : top + h, left : left + w]
@@ -121,7 +165,10 @@ def paired_geometry(
     if flip:
         img = img.flip(-1)
         m = m[:, ::-1]
-    img = F.resize(img, [size, size], interpolation=F.InterpolationMode.BICUBIC, antialias=True)
+    if antialias:
+        img = F.resize(img, [size, size], interpolation=F.InterpolationMode.BICUBIC, antialias=True)
+    else:  # the official resize: TF's bicubic, no antialiasing, kept in float and clipped
+        img = resize_bicubic_tf(img, size).clamp_(0.0, 255.0)
     m = m[_nearest_index(h, size)[:, None], _nearest_index(w, size)[None, :]]
     return img, m.astype(np.int64)
 
@@ -172,13 +219,14 @@ class TwoViewTransform:
         jitter_p: float = 0.8,
         gray_p: float = 0.2,
         normalize: bool = True,
+        antialias: bool = False,
     ):
         if crop not in ("official", "torchvision"):
             raise ValueError(f"crop must be 'official' or 'torchvision', got {crop!r}")
         if image_size < 1 or not (0 < scale[0] <= scale[1] <= 1) or not (0 < ratio[0] <= ratio[1]):
             raise ValueError(f"bad image_size={image_size} scale={scale} ratio={ratio}")
         self.image_size, self.crop, self.scale, self.ratio = int(image_size), crop, scale, ratio
-        self.flip_p, self.normalize = flip_p, normalize
+        self.flip_p, self.normalize, self.antialias = flip_p, normalize, bool(antialias)
         if isinstance(photometric, bool):
             photometric = DEFAULT_PHOTOMETRIC if photometric else "none"
         if photometric not in PHOTOMETRIC_MODES:
@@ -201,20 +249,24 @@ class TwoViewTransform:
         self._norm = v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)
 
     def geometry(self, image: torch.Tensor, mask: np.ndarray, generator=None):
-        """Crop window, flip and resize of one view: ``(uint8 [3,S,S], int64 ndarray [S,S])``."""
+        """Crop window, flip and resize of one view: ``(image [3,S,S], int64 ndarray [S,S])``,
+        the image float32 on the 0..255 scale (``antialias=False``) or uint8 (``True``)."""
         box = self._box(image.shape[1], image.shape[2], self.scale, self.ratio, generator)
         flip = float(torch.rand((), generator=generator)) < self.flip_p
-        return paired_geometry(image, mask, box, flip, self.image_size)
+        return paired_geometry(image, mask, box, flip, self.image_size, self.antialias)
 
     def colour(self, x: torch.Tensor, which: int = 0, generator=None) -> torch.Tensor:
-        """Colour ops of view ``which`` (0 = a, 1 = b) on a uint8 ``[3,S,S]`` view, then
-        normalisation: float32 ``[3,S,S]``. Never sees the mask."""
+        """Colour ops of view ``which`` (0 = a, 1 = b) on a ``[3,S,S]`` view on the 0..255
+        scale (uint8, or float from the non-antialiased resize), then normalisation: float32
+        ``[3,S,S]``. Never sees the mask."""
         if self.photometric == "official":  # float32 in [0, 1], then dm_pix colour ops
-            x = self.photo[which](x.float().div_(255.0), generator)
+            x = self.photo[which](x.float().div(255.0), generator)
         else:
             if self.photo is not None:
+                if x.dtype != torch.uint8:  # torchvision's colour ops expect uint8 pixels
+                    x = x.round().to(torch.uint8)
                 x = self.photo[which](x)  # torchvision ops on uint8
-            x = x.float().div_(255.0)
+            x = x.float().div(255.0)
         return self._norm(x) if self.normalize else x
 
     def view(self, image: torch.Tensor, mask: np.ndarray, which: int = 0, generator=None):
@@ -242,5 +294,5 @@ class TwoViewTransform:
     def __repr__(self) -> str:
         return (
             f"TwoViewTransform(image_size={self.image_size}, crop={self.crop!r}, "
-            f"photometric={self.photometric!r})"
+            f"photometric={self.photometric!r}, antialias={self.antialias})"
         )
