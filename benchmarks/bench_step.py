@@ -1,4 +1,5 @@
-"""Step time of DetCon_B (K masks, FH-like region maps) versus BYOL (whole-image mask, K=1).
+"""Step time of DetCon_B (K masks, FH-like region maps) versus BYOL (Grill et al.: global
+average pooling, the regression loss, no negatives: ``loss.method=byol``).
 
 Same backbone, batch, image size, heads and optimizer; the two steps are interleaved in ONE
 run (alternating blocks) so machine load affects both alike. Each step is the full training
@@ -54,6 +55,7 @@ def make_step(method: str, args, device: torch.device):
             f"masks.num_masks={args.num_masks}",
             f"train.precision={args.precision}",
             f"train.channels_last={args.channels_last}",
+            f"model.padding={getattr(args, 'padding', 'same')}",
             f"train.compile={args.compile}",
             "train.probe=false",
         ],
@@ -127,6 +129,7 @@ def main(argv=None) -> dict:
     p.add_argument("--proj-dim", type=int, default=256, help="official 256")
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
     p.add_argument("--channels-last", action="store_true")
+    p.add_argument("--padding", default="same", choices=["same", "torch"], help="official same")
     p.add_argument("--compile", action="store_true")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps per method")
     p.add_argument("--rounds", type=int, default=5, help="interleaved rounds")
@@ -164,6 +167,8 @@ def main(argv=None) -> dict:
         "batch": args.batch,
         "num_masks": args.num_masks,
         "precision": args.precision,
+        "padding": args.padding,
+        "byol": "Grill et al. regression loss on global features (loss.method=byol)",
         "proj_hidden": args.proj_hidden,
         "steps_per_method": len(times["byol"]),
         "detcon_b_s": med["detcon_b"],

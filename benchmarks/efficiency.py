@@ -13,8 +13,11 @@ stamp files never seen in pretraining. Repeated over seeds. Outputs in ``--out``
 
 Budgets are checkpoints of ONE cosine schedule, not separately scheduled runs as in the paper,
 so early budgets still have a high learning rate for every method alike.
-BYOL / SimCLR are, by the engine's definition, DetCon_B / DetCon_S with the whole-image mask
-(K = 1); the BYOL run therefore is the "whole image" row of the mask ablation.
+BYOL is Grill et al.'s BYOL (``loss.method=byol``: global features, the regression loss, no
+negatives); SimCLR is DetCon_S with the whole-image mask (NT-Xent). The "whole image" row of the
+mask ablation is DetCon_B's contrastive loss with one region per image, a run of its own.
+Results recorded before this distinction (``benchmarks/results/efficiency_small``, ``_cpu``,
+``_cpu_lr4x``) ran the contrastive whole-image loss under the name BYOL.
 Rerunning the same command resumes: finished pretraining runs and evaluations are reused.
 
     python benchmarks/efficiency.py --setting cpu --out benchmarks/results/efficiency_cpu
@@ -114,6 +117,7 @@ RUNS = (
     ("DetCon_S", "detcon_s", "fh"),
     ("DetCon_B (GT masks)", "detcon_b", "gt"),
     ("DetCon_B (grid masks)", "detcon_b", "grid"),
+    ("DetCon_B (whole image)", "detcon_b", "whole"),
 )
 BUDGETS = (1 / 8, 1 / 4, 1 / 2, 1.0)
 
@@ -203,7 +207,8 @@ def pretrain(s: Setting, method: str, masks: str, seed: int, run: Path, images: 
         f"train.seed={seed}", f"train.device={s.device}", f"train.precision={s.precision}",
         f"train.channels_last={s.device != 'cpu'}", f"train.keep_every={keep}",
         f"train.ckpt_every={keep}", "train.log_every=5", "train.progress=false",
-        "data.repeat=1", f"data.num_workers={s.workers}", "masks.num_masks=16",
+        "data.repeat=1", f"data.num_workers={s.workers}",
+        f"masks.num_masks={1 if masks == 'whole' else 16}",
         f"model.proj_hidden={ph}", f"model.proj_dim={pd}", f"model.pred_hidden={qh}",
         "optim.optimizer=lars", f"optim.base_lr={s.base_lr}", f"optim.ema_base={s.ema_base}",
         f"optim.warmup_epochs={s.warmup_epochs}", f"data.photometric={s.photometric}",

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import logging
 import os
 import types
 import typing
@@ -31,6 +32,9 @@ from detcon.fileio import atomic_write
 CONFIG_DIR = Path(__file__).parent / "configs"
 METHODS = ("detcon_b", "detcon_s", "byol", "simclr")
 PRECISIONS = ("fp32", "bf16", "fp16")
+INITS = ("official", "torchvision")  # = detcon.model.heads.INITS
+PADDINGS = ("same", "torch")  # = detcon.model.backbone.PADDINGS
+TARGET_INITS = ("random", "copy")
 PHOTOMETRIC = ("official", "torchvision", "none")  # = detcon.data.transforms.PHOTOMETRIC_MODES
 
 
@@ -52,6 +56,10 @@ class DataConfig:
     per-channel contrast, HSV saturation / hue, clip after every op, zero-padded blur; the
     official recipe, default), ``torchvision`` (torchvision v2 semantics, a deviation) or
     ``none`` (no colour ops)."""
+    antialias: bool = False
+    """Low-pass filter before a downscaling resize of the crop. Official False: TF's bicubic
+    ``tf.image.resize`` does not antialias (reproduced exactly, in float). True is torch's
+    antialiased uint8 bicubic, a deviation that gives smoother views."""
     image_size: int = 224
     """Side S of each square view, pixels (official: 224)."""
     batch_size: int = 4096
@@ -90,6 +98,18 @@ class ModelConfig:
     32: a 7x7 grid at 224 px). 16 or 8 dilate layer4 (and layer3) instead of striding: a finer
     grid for mask pooling on small images, at a higher cost. A deviation from the official
     model, for small-image settings; the weights are the same tensors at any stride."""
+    init: str = "official"
+    """Weight initialisation: ``official`` (haiku's default: truncated normal at +-2 sigma,
+    sigma = 1/sqrt(fan_in), zero biases, last BN of each residual branch zero) or
+    ``torchvision`` (kaiming-normal convs, PyTorch's default linears; a deviation)."""
+    padding: str = "same"
+    """Convolution padding: ``same`` (official, TensorFlow/haiku SAME: the stem, max-pool and
+    stride-2 convs pad 0 before / 1 after, 2/3 for the 7x7 stem) or ``torch`` (torchvision's
+    symmetric padding, a deviation: every feature cell moves one input pixel relative to its
+    mask cell). Same parameters either way; exports carry the weights only."""
+    target_init: str = "random"
+    """Target network at step 0: ``random`` (official: its own random initialisation) or
+    ``copy`` (a copy of the online weights, as PyTorch BYOL ports do; a deviation)."""
     proj_hidden: int = 4096
     """Projector hidden width (official 4096)."""
     proj_dim: int = 256
@@ -103,8 +123,12 @@ class LossConfig:
     """Method and contrastive loss."""
 
     method: str = "detcon_b"
-    """``detcon_b`` (online predictor vs EMA target), ``detcon_s`` (one network, no predictor,
-    no EMA), ``byol`` / ``simclr`` (the same with the whole-image mask, K=1)."""
+    """``detcon_b`` (online predictor vs EMA target, the DetCon contrastive loss), ``detcon_s``
+    (one network, no predictor, no EMA), ``byol`` (Grill et al.: global-average-pooled
+    features, predictor vs EMA target, the normalised regression loss, no negatives) or
+    ``simclr`` (NT-Xent on global features: DetCon_S with the whole-image mask). byol and
+    simclr always use the whole-image mask with K = 1. The paper's whole-image *contrastive*
+    ablation is ``detcon_b`` with ``masks.source=whole masks.num_masks=1``."""
     temperature: float = 0.1
     """Softmax temperature tau (official 0.1)."""
     local_negatives: bool = True
@@ -147,9 +171,10 @@ class TrainConfig:
     """Seed of weights, data order, augmentations and mask sampling."""
     device: str = "auto"
     """``auto`` (cuda if available), ``cpu``, ``cuda``."""
-    precision: str = "bf16"
-    """``fp32``, ``bf16`` (autocast) or ``fp16`` (autocast + GradScaler). bf16 falls back to
-    fp32 on CPU unless ``cpu_autocast`` is set."""
+    precision: str = "fp32"
+    """``fp32`` (official), ``bf16`` (autocast; the speed option on GPUs, a deviation) or
+    ``fp16`` (autocast + GradScaler). bf16 falls back to fp32 on CPU unless ``cpu_autocast``
+    is set. The losses are always computed in float32."""
     cpu_autocast: bool = False
     """Allow bf16 autocast on CPU (slow on most CPUs; off by default)."""
     channels_last: bool = True
@@ -254,7 +279,19 @@ def _coerce(value, typ, key: str):
 
 
 #: Fields restricted to a fixed set of string values (checked on load and in resolve).
-CHOICES = {"data.photometric": PHOTOMETRIC}
+CHOICES = {
+    "data.photometric": PHOTOMETRIC,
+    "data.crop": ("official", "torchvision"),
+    "loss.method": METHODS,
+    "train.precision": PRECISIONS,
+    "model.init": INITS,
+    "model.padding": PADDINGS,
+    "model.target_init": TARGET_INITS,
+    "optim.optimizer": ("lars", "sgd"),
+}
+
+#: Methods that always train on the whole-image mask with one id per view.
+WHOLE_IMAGE_METHODS = ("byol", "simclr")
 
 
 def _check_choice(key: str, value) -> None:
@@ -346,7 +383,23 @@ def load_config(path: str | None = None, overrides: list[str] | None = None) -> 
         with open(file) as f:
             data = yaml.safe_load(f) or {}
         apply_dict(cfg, data, str(file))
-    return apply_overrides(cfg, overrides or [])
+    return apply_method(apply_overrides(cfg, overrides or []))
+
+
+def apply_method(cfg: Config) -> Config:
+    """Settings a method fixes, applied as soon as the config is loaded (so the dataset is
+    built with them): ``byol`` and ``simclr`` train on the whole-image mask with K = 1."""
+    m = cfg.masks
+    if cfg.loss.method in WHOLE_IMAGE_METHODS and (m.source, m.num_masks) != ("whole", 1):
+        logging.getLogger("detcon.config").info(
+            "loss.method=%s uses the whole-image mask: masks.source %r -> 'whole', "
+            "masks.num_masks %d -> 1",
+            cfg.loss.method,
+            m.source,
+            m.num_masks,
+        )
+        m.source, m.num_masks = "whole", 1
+    return cfg
 
 
 def to_dict(cfg: Config) -> dict[str, Any]:
@@ -380,16 +433,11 @@ def resolve(cfg: Config, dataset_size: int, world_size: int = 1) -> Config:
     * ``optim.peak_lr = base_lr * batch_size / 256``;
     * byol / simclr force the whole-image mask and K = 1.
     """
-    d, t, o, lo, m, mo = cfg.data, cfg.train, cfg.optim, cfg.loss, cfg.masks, cfg.model
-    if lo.method not in METHODS:
-        raise ConfigError(
-            f"loss.method: {lo.method!r} is not one of {METHODS}.{_suggest(lo.method, METHODS)}"
-        )
-    if t.precision not in PRECISIONS:
-        raise ConfigError(f"train.precision: {t.precision!r} is not one of {PRECISIONS}")
-    _check_choice("data.photometric", d.photometric)
-    if lo.method in ("byol", "simclr"):
-        m.source, m.num_masks = "whole", 1
+    d, t, o, m, mo = cfg.data, cfg.train, cfg.optim, cfg.masks, cfg.model
+    for key in CHOICES:
+        group, name = key.split(".")
+        _check_choice(key, getattr(getattr(cfg, group), name))
+    apply_method(cfg)
     for key, value in (
         ("data.batch_size", d.batch_size),
         ("masks.num_masks", m.num_masks),

@@ -15,7 +15,7 @@ from tqdm import tqdm
 
 from detcon import checkpoint
 from detcon import distributed as dist
-from detcon.config import Config, resolve, save_yaml
+from detcon.config import WHOLE_IMAGE_METHODS, Config, resolve, save_yaml
 from detcon.engine.data import build_dataset, build_loader, num_classes
 from detcon.engine.state import BufferGuard, StopFlag, find_resume, make_checkpoint, restore
 from detcon.engine.step import build_models, forward_loss, mask_generator, prepare_masks
@@ -86,7 +86,8 @@ def _to_device(batch: dict, device, channels_last: bool):
     )
     masks = tuple(batch[k].to(device, non_blocking=True) for k in ("mask_a", "mask_b"))
     labels = batch["label"].to(device, non_blocking=True) if "label" in batch else None
-    return views, masks, labels
+    uniforms = batch["mask_u"].to(device, non_blocking=True) if "mask_u" in batch else None
+    return views, masks, labels, uniforms
 
 
 def train(cfg: Config, dataset=None) -> dict:
@@ -148,7 +149,7 @@ def train(cfg: Config, dataset=None) -> dict:
 
     # ---- loop
     side = cfg.data.image_size // cfg.model.output_stride
-    grid = (side, side)
+    grid, whole = (side, side), cfg.loss.method in WHOLE_IMAGE_METHODS
     stop, writer = StopFlag(), MetricsWriter(run_dir, start_step=step)
     guard = BufferGuard(online, target)
     pbar = tqdm(
@@ -178,8 +179,8 @@ def train(cfg: Config, dataset=None) -> dict:
                     meter.wait += time.perf_counter() - t0
                     if main and not drew_masks:  # the first batch's views and region maps
                         drew_masks = save_mask_figure(batch, run_dir / "masks.png")
-                    views, masks, labels = _to_device(batch, device, t.channels_last)
-                    cells, ids = prepare_masks(*masks, cfg.masks.num_masks, grid, gen)
+                    views, masks, labels, u = _to_device(batch, device, t.channels_last)
+                    cells, ids = prepare_masks(*masks, cfg.masks.num_masks, grid, gen, u, whole)
                     last = micro == t.grad_accum - 1
                     sync = model.no_sync() if dist.is_dist() and not last else nullcontext()
                     with sync:

@@ -4,7 +4,9 @@
   function of ``(seed, epoch)``; it yields ``(epoch, index)`` keys and can skip the samples of the
   batches already consumed in the current epoch (resume).
 * :class:`SeededItems` turns each key into an item with python / numpy / torch seeded from
-  ``(seed, epoch, index)``, so augmentations do not depend on worker count or on history.
+  ``(seed, epoch, index)``, so augmentations do not depend on worker count or on history; it
+  also draws the item's mask-sampling uniforms from that seed, so the mask ids of an image do
+  not depend on which process or batch position it lands in (P processes = one process).
 
 Together they make a resumed run see exactly the batches an uninterrupted run would see.
 """
@@ -27,30 +29,44 @@ def item_seed(seed: int, epoch: int, index: int) -> int:
     return x >> 1
 
 
+def mask_uniforms(seed: int, epoch: int, index: int, num_masks: int) -> np.ndarray:
+    """float32 ``[2, K]`` in [0, 1): the uniforms from which view a's and view b's K mask ids
+    of item ``(epoch, index)`` are drawn (:func:`detcon.masks.sample_mask_ids`). A stream of
+    its own (the augmentations' RNGs are untouched), a pure function of the item."""
+    rng = np.random.default_rng([item_seed(seed, epoch, index), 0x3A5C])
+    return rng.random((2, num_masks), dtype=np.float32)
+
+
 class SeededItems(Dataset):
     """``ds[(epoch, index)] = inner[index % len(inner)]`` computed under RNGs seeded from
     ``(seed, epoch, index)``. Global RNG states are restored afterwards (so loading in the main
-    process does not disturb the training RNG)."""
+    process does not disturb the training RNG). With ``num_masks`` > 0 every item also gets
+    ``"mask_u"``: :func:`mask_uniforms` of its key."""
 
-    def __init__(self, inner: Dataset, seed: int, repeat: int = 1):
+    def __init__(self, inner: Dataset, seed: int, repeat: int = 1, num_masks: int = 0):
         self.inner, self.seed, self.repeat = inner, seed, max(1, repeat)
+        self.num_masks = num_masks
 
     def __len__(self) -> int:
         return len(self.inner) * self.repeat
 
     def __getitem__(self, key):
         epoch, index = key
-        s = item_seed(self.seed, epoch, index)
+        key_args = (self.seed, epoch, index)
+        s = item_seed(*key_args)
         saved = (random.getstate(), np.random.get_state(), torch.random.get_rng_state())
         random.seed(s)
         np.random.seed(s % (2**32))
         torch.manual_seed(s)
         try:
-            return self.inner[index % len(self.inner)]
+            item = self.inner[index % len(self.inner)]
         finally:
             random.setstate(saved[0])
             np.random.set_state(saved[1])
             torch.random.set_rng_state(saved[2])
+        if self.num_masks > 0:
+            item = {**item, "mask_u": torch.from_numpy(mask_uniforms(*key_args, self.num_masks))}
+        return item
 
 
 class EpochSampler(DistributedSampler):
@@ -96,6 +112,7 @@ def build_dataset(cfg) -> Dataset:
         d.image_size,
         crop=d.crop,
         photometric=d.photometric,
+        antialias=d.antialias,
         coco_json=d.coco_json or None,
         class_tree=d.class_tree,
         seed=cfg.train.seed,
@@ -111,7 +128,7 @@ def num_classes(dataset) -> int:
 def build_loader(dataset: Dataset, cfg, rank: int, world: int, device: torch.device):
     """(loader, sampler) for the resolved config: micro-batches of ``train.local_batch``."""
     d = cfg.data
-    items = SeededItems(dataset, cfg.train.seed, d.repeat)
+    items = SeededItems(dataset, cfg.train.seed, d.repeat, num_masks=cfg.masks.num_masks)
     sampler = EpochSampler(len(items), world, rank, cfg.train.seed)
     workers = d.num_workers
     loader = DataLoader(

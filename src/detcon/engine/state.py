@@ -73,6 +73,7 @@ def make_checkpoint(cfg, step, online, target, optimizer, scaler) -> dict:
             "backbone": cfg.model.backbone,
             "width_multiplier": cfg.model.width_multiplier,
             "output_stride": cfg.model.output_stride,
+            "padding": cfg.model.padding,
         },
         "online": online.net.state_dict(),
         "target": target.state_dict() if target is not None else None,

@@ -1,9 +1,10 @@
 """Networks and the forward + loss of one training step (architecture.md, "Train step").
 
-Methods: ``detcon_b`` / ``byol``: online predictor vs EMA target projections (targets gathered
-without gradient); ``detcon_s`` / ``simclr``: one network, targets are its own projections
-gathered WITH gradient. byol / simclr are the same with the whole-image mask (K = 1), where the
-DetCon loss reduces to the NCE form with 2N-2 negatives per row.
+Methods: ``detcon_b``: online predictor vs EMA target projections (targets gathered without
+gradient), the DetCon loss; ``byol``: the same networks on the whole-image mask (K = 1, i.e.
+global average pooling), BYOL's regression loss, no negatives, no gathering; ``detcon_s`` /
+``simclr``: one network, targets are its own projections gathered WITH gradient (simclr is the
+whole-image case, where the DetCon loss is NT-Xent with 2N-2 negatives per row).
 """
 
 from __future__ import annotations
@@ -14,10 +15,11 @@ from torch import nn
 
 from detcon import distributed as dist
 from detcon.engine.syncbn import convert_sync_batchnorm
-from detcon.losses import detcon_loss
+from detcon.losses import byol_loss, detcon_loss
 from detcon.masks import downsample_masks, sample_mask_ids
 from detcon.model import DetConNet, build_backbone, make_target
 from detcon.model.backbone import set_output_stride_
+from detcon.model.heads import trunc_normal_fan_in_
 
 EMA_METHODS = ("detcon_b", "byol")
 
@@ -52,7 +54,9 @@ def build_models(cfg, device: torch.device, num_classes: int = 0):
     """(online: OnlineModel, target: DetConNet | None), SyncBN-converted when distributed."""
     m = cfg.model
     torch.manual_seed(cfg.train.seed)  # same initial weights on every rank
-    backbone = build_backbone(m.backbone, width_multiplier=m.width_multiplier)
+    backbone = build_backbone(
+        m.backbone, width_multiplier=m.width_multiplier, init=m.init, padding=m.padding
+    )
     set_output_stride_(backbone, m.output_stride)  # 32: unchanged (official)
     net = DetConNet(
         backbone,
@@ -60,30 +64,48 @@ def build_models(cfg, device: torch.device, num_classes: int = 0):
         m.proj_dim,
         predictor=uses_target(cfg.loss.method),
         pred_hidden=m.pred_hidden,
+        head_init=m.init,
     )
     if dist.is_dist():  # BN statistics over the global batch, as the official cross-replica BN
         net = convert_sync_batchnorm(net, device)
     net = net.to(device)
     if cfg.train.channels_last:
         net = net.to(memory_format=torch.channels_last)
-    target = make_target(net) if uses_target(cfg.loss.method) else None
+    target = None
+    if uses_target(cfg.loss.method):  # official: the target has its own random init
+        target = make_target(net, reinit=m.target_init == "random")
     probe_classes = num_classes if cfg.train.probe else 0
-    return OnlineModel(net, probe_classes).to(device), target
+    online = OnlineModel(net, probe_classes)
+    if online.probe is not None and m.init == "official":
+        trunc_normal_fan_in_(online.probe.weight)
+        nn.init.zeros_(online.probe.bias)
+    return online.to(device), target
 
 
 def mask_generator(seed: int, step: int, rank: int, device: torch.device) -> torch.Generator:
-    """The mask-sampling generator of one step: a pure function of (seed, step, rank)."""
+    """A mask-sampling generator, a pure function of (seed, step, rank): used only for batches
+    without per-image ``mask_u`` uniforms (benchmarks); training draws from those instead."""
     gen = torch.Generator(device=device)
     gen.manual_seed((seed * 1_000_003 + step) * 4099 + rank)
     return gen
 
 
-def prepare_masks(mask_a, mask_b, num_masks: int, grid: tuple[int, int], gen):
+def prepare_masks(
+    mask_a, mask_b, num_masks: int, grid: tuple[int, int], gen, uniforms=None, whole=False
+):
     """Region maps ``[B,S,S]`` -> ``(cells, ids)``: cell ids ``([B,h,w], [B,h,w])`` (majority
     vote) and K sampled ids per view ``([B,K], [B,K])``, drawn ONCE per view here and passed to
-    both online and target."""
+    both online and target. ``uniforms`` ``[B,2,K]`` (the items' ``mask_u``) make the draws a
+    function of each image; without them they come from ``gen``. ``whole=True`` (byol,
+    simclr) ignores the maps: one region per image, so mask pooling is global average pooling
+    whatever the dataset carries."""
+    if whole:
+        mask_a, mask_b = torch.zeros_like(mask_a), torch.zeros_like(mask_b)
     cells = (downsample_masks(mask_a, grid), downsample_masks(mask_b, grid))  # [B, h, w] x 2
-    ids = tuple(sample_mask_ids(c, num_masks, gen) for c in cells)  # [B, K] x 2
+    ids = tuple(
+        sample_mask_ids(c, num_masks, gen, uniforms=None if uniforms is None else uniforms[:, v])
+        for v, c in enumerate(cells)
+    )  # [B, K] x 2
     return cells, ids
 
 
@@ -95,7 +117,13 @@ def forward_loss(model, target, views, cells, ids, cfg, labels=None):
     """
     (view_a, view_b), (cells_a, cells_b), (ids_a, ids_b) = views, cells, ids
     out_a, out_b, logits = model(view_a, cells_a, ids_a, view_b, cells_b, ids_b)
-    if target is not None:  # DetCon_B / BYOL: predictor vs EMA target, no gradient
+    if cfg.loss.method == "byol":  # K = 1 whole-image vectors: the global-average-pooled path
+        with torch.no_grad():
+            tgt_a = target(view_a, cells_a, ids_a).proj[:, 0]  # [B, D], this process only
+            tgt_b = target(view_b, cells_b, ids_b).proj[:, 0]
+        contrastive = byol_loss(out_a.pred[:, 0], out_b.pred[:, 0], tgt_a, tgt_b)
+        return _with_probe(contrastive, logits, labels)
+    if target is not None:  # DetCon_B: predictor vs EMA target, no gradient
         with torch.no_grad():
             tgt_a = dist.all_gather(target(view_a, cells_a, ids_a).proj)  # [N, K, D]
             tgt_b = dist.all_gather(target(view_b, cells_b, ids_b).proj)
@@ -117,6 +145,11 @@ def forward_loss(model, target, views, cells, ids, cfg, labels=None):
         local_negatives=cfg.loss.local_negatives,
         batch_offset=dist.rank() * view_a.shape[0],
     )
+    return _with_probe(contrastive, logits, labels)
+
+
+def _with_probe(contrastive, logits, labels):
+    """(method loss + probe cross-entropy, detached method loss, probe accuracy or None)."""
     loss, acc = contrastive, None
     if logits is not None and labels is not None:
         loss = loss + F.cross_entropy(logits, labels)

@@ -44,8 +44,8 @@ class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
         if not (self.training and tdist.is_available() and tdist.is_initialized()):
             return super().forward(x)
         dims = [0] + list(range(2, x.dim()))
-        xf = x.float()
-        count = torch.tensor([x.numel() / x.shape[1]], dtype=torch.float32, device=x.device)
+        xf = x.to(torch.promote_types(x.dtype, torch.float32))  # float64 stays float64
+        count = torch.tensor([x.numel() / x.shape[1]], dtype=xf.dtype, device=x.device)
         stats = torch.cat([xf.sum(dims), (xf * xf).sum(dims), count])  # [2C + 1]
         stats = _AllReduceSum.apply(stats)  # gradient flows back to every process
         c = x.shape[1]

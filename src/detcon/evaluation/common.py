@@ -22,11 +22,11 @@ from detcon import checkpoint as ckpt_io
 from detcon.fileio import atomic_write
 
 
-def build_backbone(name: str, width_multiplier: int = 1) -> nn.Module:
+def build_backbone(name: str, width_multiplier: int = 1, padding: str = "torch") -> nn.Module:
     """The project's ``Backbone`` (torchvision ResNet child names, no avgpool/fc)."""
     from detcon.model.backbone import build_backbone as _build
 
-    return _build(name, width_multiplier=width_multiplier)
+    return _build(name, width_multiplier=width_multiplier, padding=padding)
 
 
 def _torchvision_weight_file(arch: str) -> Path:
@@ -69,7 +69,9 @@ def load_backbone(
         if "backbone" not in model_info:
             raise KeyError(f"{checkpoint}: checkpoint['model']['backbone'] missing")
         width = int(model_info.get("width_multiplier", 1))
-        backbone = build_backbone(model_info["backbone"], width)
+        # evaluate with the padding it was trained with (checkpoints before the key: torch)
+        padding = str(model_info.get("padding", "torch"))
+        backbone = build_backbone(model_info["backbone"], width, padding)
         backbone.load_state_dict(ckpt_io.backbone_state_dict(ckpt, which), strict=True)
         source = {
             "kind": "checkpoint",
@@ -77,6 +79,7 @@ def load_backbone(
             "which": which,
             "arch": model_info["backbone"],
             "width_multiplier": width,
+            "padding": padding,
             "step": ckpt.get("step"),
         }
         return backbone, source

@@ -71,6 +71,7 @@ def sample_mask_ids(
     generator: torch.Generator | None = None,
     *,
     other: Tensor | None = None,
+    uniforms: Tensor | None = None,
 ) -> Tensor:
     """Draw ``num_masks`` ids per image, uniformly with replacement among the present ids.
 
@@ -88,6 +89,10 @@ def sample_mask_ids(
         num_masks: K, draws per image (official 16).
         generator: ``torch.Generator`` on ``cell_ids``'s device (default RNG when None).
         other: optional integer ``[B,h',w']`` grid ids of the other view.
+        uniforms: optional ``[B,K]`` floats in [0, 1) used instead of drawing from
+            ``generator``: id ``k`` of image ``b`` is candidate ``floor(u[b,k] * count[b])``.
+            The training loop passes per-image uniforms (a function of the seed and the image,
+            not of the process), so a run on P processes samples the ids of one process.
 
     Returns:
         ``LongTensor[B,K]`` on ``cell_ids``'s device.
@@ -123,6 +128,14 @@ def sample_mask_ids(
     sentinel = torch.iinfo(torch.long).max
     candidates = torch.where(present, ids, sentinel).sort(-1).values  # [B,P]
     count = present.sum(-1, keepdim=True)  # [B,1], >= 1
-    u = torch.rand(B, num_masks, generator=generator, device=ids.device)  # [B,K] in [0,1)
+    if uniforms is None:
+        u = torch.rand(B, num_masks, generator=generator, device=ids.device)  # [B,K] in [0,1)
+    else:
+        if tuple(uniforms.shape) != (B, num_masks) or not uniforms.dtype.is_floating_point:
+            raise ValueError(
+                f"uniforms must be float [B,K] = {(B, num_masks)}, got {tuple(uniforms.shape)} "
+                f"{uniforms.dtype}"
+            )
+        u = uniforms.to(ids.device, torch.float64)
     index = (u * count).long().minimum(count - 1)  # [B,K] in [0, count)
     return candidates.gather(-1, index)
