@@ -30,7 +30,7 @@ def crops(n: int, size: int) -> list[torch.Tensor]:
         img = photos[i % len(photos)].permute(2, 0, 1).contiguous()
         box = official_crop_box(img.shape[1], img.shape[2], generator=g)
         mask = np.zeros(img.shape[1:], dtype=np.int64)
-        out.append(paired_geometry(img, mask, box, False, size)[0])
+        out.append(paired_geometry(img, mask, box, False, size, antialias=True)[0])  # uint8
     return out
 
 

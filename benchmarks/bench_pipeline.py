@@ -11,7 +11,7 @@ pipeline's colour ops (``torchvision``, the default, or ``official``: dm_pix sem
 plain pipeline always uses torchvision's. Usage::
 
     python benchmarks/bench_pipeline.py [--json FILE] [--rounds 3] [--max-images 24]
-        [--photometric official]
+        [--photometric official] [--antialias]
 """
 
 from __future__ import annotations
@@ -64,6 +64,11 @@ def main(argv=None) -> int:
         choices=("torchvision", "official"),
         help="colour ops of the DetCon pipeline (TwoViewTransform photometric=)",
     )
+    parser.add_argument(
+        "--antialias",
+        action="store_true",
+        help="torch's antialiased uint8 resize (a deviation) instead of the official TF bicubic",
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
 
@@ -82,7 +87,9 @@ def main(argv=None) -> int:
         cache.write_info()
         print(f"caching FH masks of {len(files)} photographs ...")
         generate_masks(files, gen, cache, workers=os.cpu_count() or 1, progress=False)
-        transform = TwoViewTransform(args.image_size, photometric=args.photometric)
+        transform = TwoViewTransform(
+            args.image_size, photometric=args.photometric, antialias=args.antialias
+        )
         detcon = ImageListDataset(files, cache, transform)
         detcon.generator = None  # any cache miss would raise instead of silently computing
         plain = plain_byol_pipeline(args.image_size)
@@ -118,14 +125,14 @@ def main(argv=None) -> int:
                      "relative_to_plain": round(rate / base, 3)})  # fmt: skip
     print(
         f"{len(files)} photographs, views {args.image_size}px, 1 process, "
-        f"detcon photometric={args.photometric}; {machine()}"
+        f"detcon photometric={args.photometric} antialias={args.antialias}; {machine()}"
     )
     print(f"  {'pipeline':<34} {'img/s/core':>10} {'vs plain':>9}")
     for row in rows:
         print(f"  {row['pipeline']:<34} {row['images_per_s_per_core']:>10.2f} "
               f"{row['relative_to_plain']:>9.3f}")  # fmt: skip
     if args.json:
-        out = {"machine": machine(), "photometric": args.photometric, "rows": rows}
+        out = {"machine": machine(), "photometric": args.photometric, "antialias": args.antialias, "rows": rows}
         Path(args.json).write_text(json.dumps(out, indent=1))
         print(f"wrote {args.json}")
     return 0

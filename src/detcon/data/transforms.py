@@ -30,6 +30,7 @@ Masks stay ``int64`` (no uint8 wrap) and are never touched by photometric ops.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -132,15 +133,26 @@ def _keys_taps(n_in: int, n_out: int) -> tuple[torch.Tensor, torch.Tensor]:
     return index.clamp(0, n_in - 1).long(), weight.float()
 
 
+@functools.lru_cache(maxsize=512)
+def _keys_matrix(n_in: int, n_out: int) -> torch.Tensor:
+    """The taps of :func:`_keys_taps` as a dense ``[n_out, n_in]`` float32 matrix (a band of 4
+    non-zeros per row; duplicate clamped indices carry zero weight)."""
+    index, weight = _keys_taps(n_in, n_out)
+    rows = torch.arange(n_out)[:, None].expand(-1, 4)
+    return torch.zeros(n_out, n_in).index_put_((rows, index), weight, accumulate=True)
+
+
 def resize_bicubic_tf(image: torch.Tensor, size: int) -> torch.Tensor:
     """TF's ``tf.image.resize(image, (size, size), "bicubic")`` (antialias=False, the official
-    resize): float ``[C, H, W]`` -> float32 ``[C, size, size]``, unclipped. Separable, 4 taps
-    per output pixel and axis (see :func:`_keys_taps`)."""
+    resize): ``[C, H, W]`` (any real dtype) -> float32 ``[C, size, size]``, unclipped.
+    Separable: ``M_h @ x @ M_w^T`` with the banded matrices of :func:`_keys_taps`, the cheaper
+    axis first (dense matmuls beat 4-tap gathers on the CPU by about 2x)."""
     x = image.float()
-    rows, wr = _keys_taps(x.shape[-2], size)  # [size, 4]
-    x = (x[:, rows] * wr[None, :, :, None]).sum(2)  # [C, size, 4, W] -> [C, size, W]
-    cols, wc = _keys_taps(x.shape[-1], size)
-    return (x[:, :, cols] * wc).sum(-1)  # [C, size, size, 4] -> [C, size, size]
+    h, w = x.shape[-2:]
+    mh, mw = _keys_matrix(h, size), _keys_matrix(w, size)
+    if size * h * w + size * size * w <= h * w * size + size * h * size:
+        return (mh @ x) @ mw.T  # rows first: [C, size, W] -> [C, size, size]
+    return mh @ (x @ mw.T)  # columns first: [C, H, size] -> [C, size, size]
 
 
 def paired_geometry(
