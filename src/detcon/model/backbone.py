@@ -67,6 +67,25 @@ def same_pads(size: int, kernel: int, stride: int, dilation: int = 1) -> tuple[i
     return total // 2, total - total // 2
 
 
+def _conv_sharing(cls: type[nn.Conv2d], conv: nn.Conv2d) -> nn.Conv2d:
+    """A ``cls`` with ``conv``'s hyperparameters sharing its parameter tensors (built on the
+    meta device: no allocation, no init)."""
+    new = cls(
+        conv.in_channels,
+        conv.out_channels,
+        conv.kernel_size,
+        stride=conv.stride,
+        padding=conv.padding,
+        dilation=conv.dilation,
+        groups=conv.groups,
+        bias=conv.bias is not None,
+        device="meta",
+    )
+    new.weight, new.bias = conv.weight, conv.bias
+    new.train(conv.training)
+    return new
+
+
 class SameConv2d(nn.Conv2d):
     """``nn.Conv2d`` with TensorFlow ``'SAME'`` zero padding computed from the input size.
 
@@ -84,21 +103,7 @@ class SameConv2d(nn.Conv2d):
         """A ``SameConv2d`` sharing ``conv``'s parameter tensors (no copy, no new init)."""
         if conv.padding_mode != "zeros" or isinstance(conv.padding, str):
             raise ValueError(f"SAME padding needs a zero-padded conv, got {conv!r}")
-        new = cls(
-            conv.in_channels,
-            conv.out_channels,
-            conv.kernel_size,
-            stride=conv.stride,
-            padding=conv.padding,
-            dilation=conv.dilation,
-            groups=conv.groups,
-            bias=conv.bias is not None,
-            device="meta",  # no allocation or init; the parameters are replaced just below
-        )
-        new.weight = conv.weight
-        new.bias = conv.bias
-        new.train(conv.training)
-        return new
+        return _conv_sharing(cls, conv)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         top, bottom = same_pads(x.shape[-2], self.kernel_size[0], self.stride[0], self.dilation[0])
@@ -377,19 +382,7 @@ def set_padding_(backbone: nn.Module, padding: str) -> nn.Module:
                 elif type(child) is nn.MaxPool2d and _is_strided(child):
                     new = SameMaxPool2d.from_pool(child)
             elif isinstance(child, SameConv2d):
-                new = nn.Conv2d(
-                    child.in_channels,
-                    child.out_channels,
-                    child.kernel_size,
-                    stride=child.stride,
-                    padding=child.padding,
-                    dilation=child.dilation,
-                    groups=child.groups,
-                    bias=child.bias is not None,
-                    device="meta",
-                )
-                new.weight, new.bias = child.weight, child.bias
-                new.train(child.training)
+                new = _conv_sharing(nn.Conv2d, child)
             elif isinstance(child, SameMaxPool2d):
                 new = nn.MaxPool2d(
                     child.kernel_size, child.stride, child.padding, child.dilation,
