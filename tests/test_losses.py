@@ -243,3 +243,74 @@ def test_cuda_matches_cpu():
     out = detcon_loss(*(a.cuda() for a in args), batch_offset=2)
     assert out.device.type == "cuda"
     torch.testing.assert_close(out.cpu(), ref)
+
+
+def _pooled_case(B, N, K, Kt, D, num_ids, seed, dtype=torch.float64):
+    """Rows that share (image, id) are equal vectors, as mask-pooled rows are: one vector per
+    (image, id), gathered by the drawn ids."""
+    g = torch.Generator().manual_seed(seed)
+    bank = [torch.randn(n, num_ids, D, generator=g, dtype=dtype) for n in (B, B, N, N)]
+    pid1, pid2 = (torch.randint(0, num_ids, (B, K), generator=g) for _ in range(2))
+    tid1, tid2 = (torch.randint(0, num_ids, (N, Kt), generator=g) for _ in range(2))
+    take = lambda v, ids: v.gather(1, ids[..., None].expand(-1, -1, D))  # noqa: E731
+    vecs = [b.requires_grad_() for b in bank]
+    inputs = [take(vecs[0], pid1), take(vecs[1], pid2), take(vecs[2], tid1), take(vecs[3], tid2)]
+    return vecs, inputs, (pid1, pid2, tid1, tid2)
+
+
+@pytest.mark.parametrize("local_negatives", [True, False])
+@pytest.mark.parametrize(
+    "B,N,K,Kt,offset,num_ids",
+    [
+        (2, 2, 3, 3, 0, 3),
+        (2, 5, 4, 4, 2, 3),
+        (3, 3, 6, 6, 0, 2),
+        (1, 3, 2, 3, 2, 5),
+        (4, 4, 16, 16, 0, 4),
+    ],
+)
+def test_distinct_equals_official_on_pooled_rows(B, N, K, Kt, offset, num_ids, local_negatives):
+    vecs, inputs, ids = _pooled_case(B, N, K, Kt, 5, num_ids, seed=7 * B + N + K + offset)
+    kw = dict(temperature=0.2, local_negatives=local_negatives, batch_offset=offset)
+    fast = detcon_loss(*inputs, *ids, distinct=True, **kw)
+    official = detcon_loss(*inputs, *ids, **kw)
+    assert official.item() > 0
+    torch.testing.assert_close(fast, official, rtol=1e-10, atol=1e-12)
+    for a, b in zip(
+        torch.autograd.grad(fast, inputs, retain_graph=True),
+        torch.autograd.grad(official, inputs, retain_graph=True),
+        strict=True,
+    ):  # per-row gradients too: each duplicate gets its equal share
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+    if N <= 3 and K <= 4:  # and the slow reference from the definition
+        slow = reference_loss(*inputs, *ids, 0.2, local_negatives, offset)
+        torch.testing.assert_close(fast, slow, rtol=1e-10, atol=1e-12)
+
+
+def test_distinct_self_targets_and_hand_case():
+    # DetCon-S: targets are the predictions themselves (gradient through both roles)
+    vecs, inputs, (pid1, pid2, _, _) = _pooled_case(3, 3, 4, 4, 4, 3, seed=9)
+    p1, p2 = inputs[:2]
+    fast = detcon_loss(p1, p2, p1, p2, pid1, pid2, pid1, pid2, temperature=0.3, distinct=True)
+    ref = detcon_loss(p1, p2, p1, p2, pid1, pid2, pid1, pid2, temperature=0.3)
+    torch.testing.assert_close(fast, ref)
+    ga = torch.autograd.grad(fast, vecs[:2], retain_graph=True)
+    gb = torch.autograd.grad(ref, vecs[:2])
+    for a, b in zip(ga, gb, strict=True):
+        torch.testing.assert_close(a, b)
+    # the duplicates hand case above: L = (log(1 + e^2) + log 3) / 2
+    p1 = torch.tensor([[[3.0, 0.0], [3.0, 0.0]]])
+    p2 = torch.tensor([[[0.0, 2.0], [2.0, 0.0]]])
+    id1, id2 = torch.tensor([[0, 0]]), torch.tensor([[0, 1]])
+    loss = detcon_loss(p1, p2, p1, p2, id1, id2, id1, id2, temperature=0.5, distinct=True)
+    assert loss.item() == pytest.approx((math.log(1 + math.e**2) + math.log(3)) / 2, rel=1e-6)
+
+
+def test_distinct_large_ids_and_no_positive():
+    # ids far beyond uint8 / uint16, and rows whose id the other view never drew
+    x = torch.randn(2, 3, 4, dtype=torch.float64)
+    a = torch.tensor([[70000, 70000, 5], [9, 9, 9]])
+    b = torch.tensor([[1, 2, 3], [4, 5, 6]])  # no id in common: no positive anywhere
+    for distinct in (False, True):
+        loss = detcon_loss(x, x, x, x, a, b, a, b, distinct=distinct)
+        assert loss.item() == 0.0

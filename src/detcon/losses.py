@@ -25,6 +25,8 @@ from torch import Tensor, nn
 
 # Official l2_normalize bounds the *squared* norm from below (differs from F.normalize).
 _NORM_EPS_SQ = 1e-12
+# (image, id) pairs are packed into one int64 as image * _ID_SPAN + id (distinct path).
+_ID_SPAN = 1 << 31
 # Official exclusion value, applied after dividing by the temperature.
 _EXCLUDED = -1e9
 
@@ -115,6 +117,74 @@ def _view_loss(
     return (weight * ce).sum() / (B * K)  # mean over all B*K rows, unmatched ones included
 
 
+def _distinct(x: Tensor, ids: Tensor, image_offset: int = 0):
+    """Group the rows of ``x [M, K, D]`` by (image, id): ``(vectors [U, D], counts [U], image
+    [U], key [U])`` with ``key = image * 2^31 + id`` sorted ascending (ids below 2^31). A group's vector is the mean of its
+    rows, so its gradient is shared equally by the duplicates (which, pooled from one mask,
+    are equal vectors: the mean is then each of them)."""
+    M, K, D = x.shape
+    image = torch.arange(M, device=x.device).repeat_interleave(K) + image_offset  # [M*K]
+    key = image * _ID_SPAN + ids.reshape(-1)  # (image, id) -> one int64
+    ukey, inverse, counts = torch.unique(key, sorted=True, return_inverse=True, return_counts=True)
+    sums = torch.zeros(ukey.numel(), D, dtype=x.dtype, device=x.device)
+    sums = sums.index_add(0, inverse, x.reshape(M * K, D))
+    vectors = sums / counts.to(x.dtype)[:, None]
+    return vectors, counts, torch.div(ukey, _ID_SPAN, rounding_mode="floor"), ukey
+
+
+def _lookup(sorted_keys: Tensor, keys: Tensor) -> tuple[Tensor, Tensor]:
+    """(index of each key in ``sorted_keys``, found) for int64 keys."""
+    pos = torch.searchsorted(sorted_keys, keys).clamp(max=max(sorted_keys.numel() - 1, 0))
+    return pos, sorted_keys[pos] == keys
+
+
+def _view_loss_distinct(
+    pred: Tensor,  # [B,K,D] predictions of view v (not normalised)
+    target_w: Tensor,  # [N,Kt,D] targets of the other view w
+    target_v: Tensor,  # [N,Kt,D] targets of the same view v
+    pid: Tensor,
+    tid_w: Tensor,
+    tid_v: Tensor,
+    temperature: float,
+    local_negatives: bool,
+    batch_offset: int,
+) -> Tensor:
+    """:func:`_view_loss` over distinct (image, id) rows and columns with their multiplicities.
+
+    Rows: a distinct (b, i) stands for its ``r`` duplicate draws, each weighted 1/r in the
+    official loss, so it enters once. Columns: a distinct (u, j) drawn ``c`` times enters the
+    softmax denominator as ``x + log c``; its ``c`` positive copies (labels 1/c each) give one
+    positive logit. Equal to the official loss (value and gradients) when duplicate rows are
+    equal vectors, as mask-pooled ones are; otherwise it is the loss of the group means.
+    """
+    B, K, _ = pred.shape
+    rows, _, row_image, row_key = _distinct(pred, pid, batch_offset)  # [R, D]
+    cols_w, count_w, img_w, key_w = _distinct(target_w, tid_w)  # [Cw, D]
+    cols_v, count_v, img_v, key_v = _distinct(target_v, tid_v)  # [Cv, D]
+    rows = _normalize(rows)
+    columns = _normalize(torch.cat([cols_w, cols_v], 0))  # [Cw + Cv, D], w block first
+    logits = rows @ columns.T / temperature  # [R, Cw + Cv]
+    cw = cols_w.shape[0]
+    r = torch.arange(rows.shape[0], device=rows.device)
+    # positive: the other view's column of the row's own image and id (at most one, distinct)
+    pos_at, has_pos = _lookup(key_w, row_key)
+    pos_logit = logits[r, pos_at]
+    if local_negatives:  # exclude the same view's column of the own image and id
+        same_at, found = _lookup(key_v, row_key)
+        excluded = torch.zeros_like(logits, dtype=torch.bool)
+        excluded[r[found], cw + same_at[found]] = True
+    else:  # every column of the own image except the positive, in both blocks
+        own = row_image[:, None] == torch.cat([img_w, img_v])[None, :]
+        keep = torch.zeros_like(own)
+        keep[r[has_pos], pos_at[has_pos]] = True
+        excluded = own & ~keep
+    logits = logits.masked_fill(excluded, _EXCLUDED)
+    log_count = torch.cat([count_w, count_v]).to(logits.dtype).log()
+    lse = torch.logsumexp(logits + log_count, dim=1)  # [R]
+    ce = torch.where(has_pos, lse - pos_logit, torch.zeros_like(lse))
+    return ce.sum() / (B * K)
+
+
 def detcon_loss(
     pred1: Tensor,
     pred2: Tensor,
@@ -128,6 +198,7 @@ def detcon_loss(
     temperature: float = 0.1,
     local_negatives: bool = True,
     batch_offset: int = 0,
+    distinct: bool = False,
 ) -> Tensor:
     """Symmetrised DetCon loss of this process (official ``byol_nce_detcon`` semantics).
 
@@ -143,6 +214,11 @@ def detcon_loss(
         local_negatives: if False, other masks of the same image are not used as negatives.
         batch_offset: index in the target batch of this process's first image
             (``rank * B`` with equal per-process batches).
+        distinct: compute over distinct (image, id) rows and columns with their
+            multiplicities (:func:`_view_loss_distinct`): the same value and gradients as the
+            official computation when rows that share (image, id) are equal vectors (mask-pooled
+            rows are), with logits ``[R, C]`` instead of ``[B*K, 2*N*K]`` (R, C: distinct
+            pairs, a few per image instead of K). The training step uses it.
 
     Returns:
         Scalar ``L_1 + L_2``, each view's loss a mean over its ``B*K`` rows (rows without a
@@ -158,10 +234,15 @@ def detcon_loss(
     dtype = torch.promote_types(torch.promote_types(pred1.dtype, target1.dtype), torch.float32)
     pid1, pid2, tid1, tid2 = (t.to(device=pred1.device, dtype=torch.long) for t in ids)
     with torch.autocast(device_type=pred1.device.type, enabled=False):
-        p1, p2, t1, t2 = (_normalize(x.to(dtype)) for x in (pred1, pred2, target1, target2))
         common = (temperature, local_negatives, batch_offset)
-        loss_1 = _view_loss(p1, t2, t1, pid1, tid2, tid1, *common)
-        loss_2 = _view_loss(p2, t1, t2, pid2, tid1, tid2, *common)
+        if distinct:  # normalised after grouping (a group mean of equal rows is each of them)
+            q1, q2, s1, s2 = (x.to(dtype) for x in (pred1, pred2, target1, target2))
+            loss_1 = _view_loss_distinct(q1, s2, s1, pid1, tid2, tid1, *common)
+            loss_2 = _view_loss_distinct(q2, s1, s2, pid2, tid1, tid2, *common)
+        else:
+            p1, p2, t1, t2 = (_normalize(x.to(dtype)) for x in (pred1, pred2, target1, target2))
+            loss_1 = _view_loss(p1, t2, t1, pid1, tid2, tid1, *common)
+            loss_2 = _view_loss(p2, t1, t2, pid2, tid1, tid2, *common)
     return loss_1 + loss_2
 
 
