@@ -62,6 +62,9 @@ def make_step(method: str, args, device: torch.device):
     )
     resolve(cfg, dataset_size=args.batch)
     online, target = build_models(cfg, device)
+    for net in (online.net, target):  # heads on distinct (image, id) rows, or on all B*K
+        if net is not None:
+            net.distinct_heads = getattr(args, "heads", "distinct") == "distinct"
     optimizer = build_optimizer(cfg, online)
     scaler = torch.amp.GradScaler(device.type, enabled=args.precision == "fp16")
     model = torch.compile(online) if args.compile else online
@@ -130,6 +133,12 @@ def main(argv=None) -> dict:
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
     p.add_argument("--channels-last", action="store_true")
     p.add_argument("--padding", default="same", choices=["same", "torch"], help="official same")
+    p.add_argument(
+        "--heads",
+        default="distinct",
+        choices=["distinct", "all"],
+        help="projector/predictor on distinct (image, id) rows (exact) or all B*K",
+    )
     p.add_argument("--compile", action="store_true")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps per method")
     p.add_argument("--rounds", type=int, default=5, help="interleaved rounds")
@@ -168,6 +177,7 @@ def main(argv=None) -> dict:
         "num_masks": args.num_masks,
         "precision": args.precision,
         "padding": args.padding,
+        "heads": args.heads,
         "byol": "Grill et al. regression loss on global features (loss.method=byol)",
         "proj_hidden": args.proj_hidden,
         "steps_per_method": len(times["byol"]),

@@ -111,3 +111,55 @@ def test_make_target_copy_and_reinit():
     assert not torch.equal(fresh.projector.fc1.weight, online.projector.fc1.weight)
     assert torch.all(fresh.backbone.layer1[0].bn2.weight == 0)  # zero-init residual preserved
     assert all(not p.requires_grad for p in fresh.parameters())
+
+
+def test_weighted_batch_norm_equals_the_expanded_batch():
+    from detcon.model.heads import weighted_batch_norm
+
+    g = torch.Generator().manual_seed(4)
+    rows = torch.randn(5, 7, generator=g, dtype=torch.float64, requires_grad=True)
+    counts = torch.tensor([1, 3, 2, 1, 4])
+    bn_a = nn.BatchNorm1d(7).double()
+    with torch.no_grad():
+        bn_a.weight.uniform_(0.5, 1.5)
+        bn_a.bias.uniform_(-0.5, 0.5)
+    bn_b = copy.deepcopy(bn_a)
+    expanded = rows.repeat_interleave(counts, 0)  # [11, 7]: what the official batch holds
+    want = bn_a(expanded)
+    got = weighted_batch_norm(bn_b, rows, counts).repeat_interleave(counts, 0)
+    torch.testing.assert_close(got, want)
+    w = torch.randn(11, 7, generator=g, dtype=torch.float64)
+    ga = torch.autograd.grad((want * w).sum(), [rows, bn_a.weight, bn_a.bias])
+    gb = torch.autograd.grad((got * w).sum(), [rows, bn_b.weight, bn_b.bias])
+    for a, b in zip(ga, gb, strict=True):
+        torch.testing.assert_close(a, b)
+    for name in ("running_mean", "running_var", "num_batches_tracked"):
+        torch.testing.assert_close(getattr(bn_b, name), getattr(bn_a, name))
+    bn_b.eval()
+    torch.testing.assert_close(weighted_batch_norm(bn_b, rows, counts), bn_b(rows))
+
+
+@pytest.mark.parametrize("predictor", [True, False])
+def test_distinct_heads_equal_heads_on_every_row(predictor):
+    """Heads on distinct (image, id) rows with count-weighted BN = heads on all B*K rows:
+    outputs, every parameter's gradient and the running statistics."""
+    torch.manual_seed(0)
+    fast = _net(predictor=predictor).double()
+    slow = copy.deepcopy(fast)
+    slow.distinct_heads = False
+    g = torch.Generator().manual_seed(1)
+    images = torch.randn(3, 3, 64, 64, generator=g, dtype=torch.float64)
+    cells = torch.randint(0, 3, (3, *GRID), generator=g)
+    ids = torch.randint(0, 3, (3, 8), generator=g)  # 8 draws among <= 3 regions: duplicates
+    out_f, out_s = fast(images, cells, ids), slow(images, cells, ids)
+    torch.testing.assert_close(out_f.proj, out_s.proj)
+    if predictor:
+        torch.testing.assert_close(out_f.pred, out_s.pred)
+    w = torch.randn_like(out_s.proj)
+    last = (lambda o: o.pred) if predictor else (lambda o: o.proj)  # noqa: E731
+    ((last(out_f) * w).sum() + out_f.proj.square().sum()).backward()
+    ((last(out_s) * w).sum() + out_s.proj.square().sum()).backward()
+    for (name, pf), (_, ps) in zip(fast.named_parameters(), slow.named_parameters(), strict=True):
+        torch.testing.assert_close(pf.grad, ps.grad, msg=name)
+    for (name, bf), (_, bs) in zip(fast.named_buffers(), slow.named_buffers(), strict=True):
+        torch.testing.assert_close(bf, bs, msg=name)

@@ -101,6 +101,28 @@ def all_gather(x: torch.Tensor, grad: bool = False) -> torch.Tensor:
         return torch.cat(out, dim=0)
 
 
+class _AllReduceSum(torch.autograd.Function):
+    """Sum over processes; the backward sums the gradients too (every process's output depends
+    on every process's input)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        x = x.clone()
+        dist.all_reduce(x)
+        return x
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.clone()
+        dist.all_reduce(grad)
+        return grad
+
+
+def sum_across_processes(x: torch.Tensor) -> torch.Tensor:
+    """Differentiable sum over all processes (the identity on one process)."""
+    return _AllReduceSum.apply(x) if is_dist() else x
+
+
 def reduce_mean(x: torch.Tensor) -> torch.Tensor:
     """Mean of ``x`` over processes (a copy; the input is untouched)."""
     if not is_dist():

@@ -12,28 +12,15 @@ import torch
 import torch.distributed as tdist
 from torch import nn
 
-
-class _AllReduceSum(torch.autograd.Function):
-    """Sum over processes; the backward sums the gradients too (every process's output depends
-    on every process's input)."""
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
-        x = x.clone()
-        tdist.all_reduce(x)
-        return x
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
-        grad = grad.clone()
-        tdist.all_reduce(grad)
-        return grad
+from detcon.distributed import _AllReduceSum
 
 
 class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
     """BatchNorm over inputs ``[N, C, *]`` whose training statistics are global over the default
     process group (identity to BatchNorm on one process). Running stats use the unbiased global
     variance, like torch's BatchNorm."""
+
+    cross_process = True  # read by detcon.model.heads.weighted_batch_norm
 
     def _check_input_dim(self, x: torch.Tensor) -> None:
         if x.dim() < 2:

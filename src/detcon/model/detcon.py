@@ -29,6 +29,19 @@ class DetConOutput(NamedTuple):
     pred: torch.Tensor | None
 
 
+def distinct_rows(mask_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Distinct (image, id) pairs of ``mask_ids [B, K]``: ``(first [U], inverse [B*K], counts
+    [U])``: the flat index of each pair's first draw, the pair of every draw, and how many
+    draws each pair has."""
+    B, K = mask_ids.shape
+    image = torch.arange(B, device=mask_ids.device).repeat_interleave(K)
+    key = image * (1 << 31) + mask_ids.reshape(-1).long()  # ids below 2^31
+    _, inverse, counts = torch.unique(key, return_inverse=True, return_counts=True)
+    flat = torch.arange(B * K, device=mask_ids.device)
+    first = torch.full_like(counts, B * K).scatter_reduce(0, inverse, flat, "amin")
+    return first, inverse, counts
+
+
 class DetConNet(nn.Module):
     """Backbone + projector MLP + optional predictor MLP (detcon-official.md section 5).
 
@@ -39,6 +52,11 @@ class DetConNet(nn.Module):
         predictor: build the predictor (DetCon-B); ``False`` for DetCon-S.
         pred_hidden: predictor hidden width, D -> 4096 -> D officially.
         head_init: ``"torchvision"`` or ``"official"`` init of the MLP linears.
+        distinct_heads: run the projector and predictor once per distinct (image, id) of the
+            K draws, with BatchNorm statistics weighted by the draw counts
+            (:func:`~detcon.model.heads.weighted_batch_norm`): the same outputs, gradients and
+            running statistics as on all ``B*K`` rows (duplicate draws pool equal vectors), at
+            a fraction of the cost. ``False`` runs them on every row.
         norm_layer: 1-D norm constructor for the heads (default ``nn.BatchNorm1d``).
 
     Children: ``backbone``, ``projector``, ``predictor`` (``None`` when ``predictor=False``), so
@@ -55,6 +73,7 @@ class DetConNet(nn.Module):
         *,
         head_init: str = "torchvision",
         norm_layer: Callable[[int], nn.Module] | None = None,
+        distinct_heads: bool = True,
     ) -> None:
         super().__init__()
         channels = getattr(backbone, "out_channels", None)
@@ -62,6 +81,7 @@ class DetConNet(nn.Module):
             raise ValueError("backbone must expose a positive int `out_channels` attribute")
         check_init(head_init)
         self.head_init = head_init
+        self.distinct_heads = distinct_heads
         self.backbone = backbone
         self.projector = MLP(channels, proj_hidden, proj_dim, init=head_init, norm_layer=norm_layer)
         self.predictor = (
@@ -124,8 +144,17 @@ class DetConNet(nn.Module):
                 f"{tuple(feats.shape[2:])} for images {tuple(images.shape)}"
             )
         pooled = mask_pool(feats, cell_ids, mask_ids)  # [B, K, C]
-        proj = self.projector(pooled)  # [B, K, D]
-        pred = self.predictor(proj) if self.predictor is not None else None  # [B, K, D]
+        B, K = mask_ids.shape
+        if self.distinct_heads and K > 1:  # heads on distinct (image, id) rows only
+            first, inverse, counts = distinct_rows(mask_ids)  # [U], [B*K], [U]
+            rows = pooled.reshape(B * K, -1)[first]  # [U, C]
+            proj_u = self.projector(rows, counts)  # [U, D]
+            pred_u = self.predictor(proj_u, counts) if self.predictor is not None else None
+            proj = proj_u[inverse].reshape(B, K, -1)  # [B, K, D]: duplicates share a row
+            pred = pred_u[inverse].reshape(B, K, -1) if pred_u is not None else None
+        else:
+            proj = self.projector(pooled)  # [B, K, D]
+            pred = self.predictor(proj) if self.predictor is not None else None  # [B, K, D]
         return DetConOutput(features=feats.mean(dim=(2, 3)), proj=proj, pred=pred)
 
 

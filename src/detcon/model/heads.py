@@ -104,10 +104,47 @@ class MLP(nn.Module):
         if hasattr(self.bn1, "reset_parameters"):
             self.bn1.reset_parameters()
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, counts: torch.Tensor | None = None) -> torch.Tensor:
+        """``counts`` (optional, ``[prod(leading)]`` positive): row ``i`` stands for
+        ``counts[i]`` identical vectors. The output equals running the MLP on the expanded
+        batch (BatchNorm statistics weighted by the counts, see :func:`weighted_batch_norm`),
+        at the cost of the distinct rows only."""
         if x.dim() < 2 or x.shape[-1] != self.in_dim:
             raise ValueError(f"MLP expects [..., {self.in_dim}] input, got {tuple(x.shape)}")
         lead = x.shape[:-1]
         x = x.reshape(-1, self.in_dim)  # [prod(lead), in_dim]: BN over all vectors
-        x = self.fc2(self.relu(self.bn1(self.fc1(x))))  # [prod(lead), out_dim]
+        h = self.fc1(x)
+        h = self.bn1(h) if counts is None else weighted_batch_norm(self.bn1, h, counts)
+        x = self.fc2(self.relu(h))  # [prod(lead), out_dim]
         return x.reshape(*lead, self.out_dim)  # [..., out_dim]
+
+
+def weighted_batch_norm(bn: nn.Module, x: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+    """``bn(x)`` for a batch in which row ``i`` of ``x [M, C]`` occurs ``counts[i]`` times:
+    the same outputs, gradients and running-statistics update as ``bn`` on the expanded
+    batch. Training mode: ``mean = sum(c x) / sum(c)``, ``var = sum(c (x - mean)^2) / sum(c)``
+    (biased, as BatchNorm's normalisation), the sums all-reduced over processes when ``bn``
+    is a cross-process norm; eval mode: ``bn(x)`` (running statistics)."""
+    if not (bn.training or bn.running_mean is None):
+        return bn(x)
+    from detcon.distributed import sum_across_processes  # no torch.distributed at import
+
+    cross = getattr(bn, "cross_process", False) or isinstance(bn, nn.SyncBatchNorm)
+    total = sum_across_processes if cross else (lambda t: t)  # noqa: E731
+    dtype = torch.promote_types(x.dtype, torch.float32)
+    xf, w = x.to(dtype), counts.to(dtype)[:, None]  # [M, C], [M, 1]
+    sums = total(torch.cat([(w * xf).sum(0), w.sum(0)]))  # [C + 1]
+    n = sums[-1]
+    mean = sums[:-1] / n
+    var = total((w * (xf - mean).square()).sum(0)) / n  # two passes: no E[x^2] - E[x]^2
+    if bn.track_running_stats and bn.running_mean is not None:
+        with torch.no_grad():
+            bn.num_batches_tracked.add_(1)
+            m = bn.momentum if bn.momentum is not None else 1.0 / float(bn.num_batches_tracked)
+            unbiased = var * n / (n - 1).clamp_min(1.0)
+            bn.running_mean.lerp_(mean.to(bn.running_mean.dtype), m)
+            bn.running_var.lerp_(unbiased.to(bn.running_var.dtype), m)
+    y = (xf - mean) * torch.rsqrt(var + bn.eps)
+    if bn.affine:
+        y = y * bn.weight + bn.bias
+    return y.to(x.dtype)
