@@ -1,0 +1,770 @@
+"""Import the official (haiku) DetCon / BYOL pretrained weights into our PyTorch modules.
+
+The official release (github.com/deepmind/detcon) ships its ResNet-50 / ResNet-200 weights as
+``np.save`` of a Python dict (an object ``.npy``: a pickle after the header); BYOL-style
+experiment checkpoints are a pickle of ``{'experiment_state': _ByolExperimentState(...), ...}``
+whose namedtuple class lives in a module users do not have. Both are read here **without**
+``allow_pickle=True`` and without importing anything: :func:`safe_load_official` uses a
+restricted unpickler that only reconstructs numpy arrays, plain containers and inert records
+(for the experiment-state namedtuples), and refuses everything else with
+:class:`UnsafeCheckpointError` before it can run.
+
+Haiku naming (recorded with real dm-haiku 0.0.17 from the official ``utils/networks.py`` by
+``scripts/fixtures/make_official_fixture.py`` into ``tests/fixtures/official_haiku_inventory.json``;
+the block / BN / EMA names are the same in the haiku 0.0.2 and 0.0.4 sources):
+
+* torso ``<torso>`` = ``res_net50`` (class ``ResNet50``, no explicit name), ``res_net200``, ...:
+  ``<torso>/~/initial_conv`` (``w`` HWIO), ``<torso>/~/initial_batchnorm`` (``scale``,
+  ``offset`` ``[1,1,1,C]``), ``<torso>/~/block_group_{g}/~/block_{b}/~/conv_{i}`` /
+  ``batchnorm_{i}`` (bottleneck: ``conv_0`` 1x1, ``conv_1`` 3x3 with the stride, ``conv_2``
+  1x1; basic: ``conv_0`` 3x3 with the stride, ``conv_1`` 3x3), ``.../shortcut_conv`` and
+  ``.../shortcut_batchnorm`` on the first block of a group with projection;
+* BN state: ``<bn module>/~/mean_ema`` and ``/~/var_ema``, each ``hidden`` (biased),
+  ``average`` (zero-debiased, what haiku's BN uses at eval) and ``counter``;
+* heads (``networks.MLP``): ``projector/linear`` (``w`` ``[in, hidden]``, ``b``),
+  ``projector/batch_norm`` (``scale``/``offset`` ``[1,1,hidden]`` when fed ``[B, K, D]``),
+  ``projector/linear_1`` (``w`` only), same for ``predictor``; ``classifier`` (``w``, ``b``).
+
+Mapping: conv ``w`` HWIO -> ``weight`` OIHW (``transpose(3, 2, 0, 1)``); BN ``scale`` /
+``offset`` -> ``weight`` / ``bias``; ``mean_ema/average`` / ``var_ema/average`` ->
+``running_mean`` / ``running_var`` (haiku's eval BN ``(x - mean) * rsqrt(var + eps) * scale +
+offset`` with eps 1e-5 is torch's eval BN); ``mean_ema/counter`` -> ``num_batches_tracked``;
+``hidden`` is not needed, nor a torso ``<torso>/~/logits`` linear (present only when the
+torso was built with ``num_classes``; it is accepted and dropped). Linear ``w`` ``[in, out]``
+-> ``weight`` ``[out, in]``. A real-haiku ResNet-50 / ResNet-18 checkpoint and eval output
+(``make_official_fixture.py --e2e DIR``, too large to commit) match :func:`load_backbone` to
+~2e-6 relative (``DETCON_OFFICIAL_E2E=DIR pytest tests/test_official_import.py``).
+
+The official ``ResNet18`` / ``ResNet34`` (basic blocks) use a projection shortcut on the first
+block of *every* group, including ``block_group_0`` where torchvision has none; the imported
+backbone then gets an extra ``layer1.0.downsample`` (reported as ``layer1_projection``).
+
+API: :func:`safe_load_official`, :func:`inspect_official`, :func:`load_backbone`,
+:func:`load_heads`, :func:`convert`, :func:`backbone_from_converted`,
+:func:`expected_official_names`.
+"""
+
+from __future__ import annotations
+
+import builtins
+import os
+import pickle
+import re
+import sys
+from collections import OrderedDict, defaultdict
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+__all__ = [
+    "UnsafeCheckpointError",
+    "OfficialFormatError",
+    "safe_load_official",
+    "inspect_official",
+    "expected_official_names",
+    "load_backbone",
+    "load_heads",
+    "convert",
+    "backbone_from_converted",
+]
+
+
+class UnsafeCheckpointError(ValueError):
+    """The file asks the unpickler for something other than arrays, containers and records."""
+
+
+class OfficialFormatError(ValueError):
+    """The loaded structure is not an official haiku ResNet checkpoint we can map."""
+
+
+# --------------------------------------------------------------------------- safe loading
+
+
+def _numpy_attr(name: str) -> Any:
+    """``numpy._core.multiarray.<name>`` (numpy 2) or ``numpy.core.multiarray.<name>``."""
+    try:
+        from numpy._core import multiarray
+    except ImportError:  # numpy < 2
+        from numpy.core import multiarray
+    return getattr(multiarray, name)
+
+
+def _safe_codecs_encode(obj: str, encoding: str = "utf-8", errors: str = "strict") -> bytes:
+    # protocol-2 pickles of numpy arrays write their bytes as _codecs.encode(str, 'latin1')
+    if encoding.lower().replace("_", "-") not in ("latin1", "latin-1", "utf-8", "utf8"):
+        raise UnsafeCheckpointError(f"refusing _codecs.encode with encoding {encoding!r}")
+    return obj.encode(encoding, errors)
+
+
+def _frozen_mapping(*args, **kwargs) -> dict:
+    """Stand-in for haiku's ``FlatMapping`` / ``frozendict`` (pickled as ``cls(mapping)``)."""
+    return dict(*args, **kwargs)
+
+
+def _safe_jax_array(fun, args, arr_state, aval_state=None) -> np.ndarray:
+    """Stand-in for ``jax._src.array._reconstruct_array``: the numpy value only (no jax)."""
+    if fun is not _numpy_attr("_reconstruct"):
+        raise UnsafeCheckpointError(f"refusing jax array reconstruction with {fun!r}")
+    value = fun(*args)
+    if not isinstance(value, np.ndarray):
+        raise UnsafeCheckpointError("jax array reconstruction did not give a numpy array")
+    value.__setstate__(arr_state)
+    return value
+
+
+_NUMPY_MODULES = ("numpy.core.multiarray", "numpy._core.multiarray")
+_ALLOWED: dict[tuple[str, str], Any] = {}
+for _mod in _NUMPY_MODULES:
+    for _name in ("_reconstruct", "scalar"):
+        _ALLOWED[(_mod, _name)] = lambda n=_name: _numpy_attr(n)
+for _mod in ("numpy", "numpy.core.numeric", "numpy._core.numeric"):
+    _ALLOWED[(_mod, "ndarray")] = lambda: np.ndarray
+    _ALLOWED[(_mod, "dtype")] = lambda: np.dtype
+_ALLOWED[("numpy", "ndarray")] = lambda: np.ndarray
+_ALLOWED[("numpy", "dtype")] = lambda: np.dtype
+for _name in ("set", "frozenset", "complex", "slice", "bytearray", "range"):
+    _ALLOWED[("builtins", _name)] = lambda n=_name: getattr(builtins, n)
+_ALLOWED[("collections", "OrderedDict")] = lambda: OrderedDict
+_ALLOWED[("_codecs", "encode")] = lambda: _safe_codecs_encode
+_ALLOWED[("jax._src.array", "_reconstruct_array")] = lambda: _safe_jax_array
+for _mod in ("haiku._src.data_structures", "haiku.data_structures"):
+    for _name in ("FlatMapping", "FlatMap", "frozendict", "FrozenDict"):
+        _ALLOWED[(_mod, _name)] = lambda: _frozen_mapping
+del _mod, _name
+
+# numpy dtype classes (numpy >= 1.25 pickles np.dtype('float32') as numpy.dtypes.Float32DType)
+_DTYPE_MODULES = ("numpy.dtypes",)
+
+# Positional field names of the experiment-state namedtuples (BYOL ``_ByolExperimentState``,
+# DetCon ``pretrain_common.ExperimentState``): pickled with NEWOBJ, i.e. without field names.
+_EXPERIMENT_FIELDS = ("online_params", "target_params", "online_state", "target_state", "opt_state")
+_RECORD_MODULE_ROOTS = ("byol", "detcon", "optax", "pretrain_common", "detcon_b", "__main__")
+_STDLIB = frozenset(getattr(sys, "stdlib_module_names", ())) | {
+    "os",
+    "posix",
+    "nt",
+    "sys",
+    "subprocess",
+    "builtins",
+    "shutil",
+    "importlib",
+    "pickle",
+    "io",
+    "socket",
+    "ctypes",
+    "runpy",
+    "pty",
+    "code",
+    "codecs",
+}
+
+
+class OfficialRecord(dict):
+    """Inert stand-in for a pickled namedtuple / state class (e.g. ``_ByolExperimentState``).
+
+    A ``dict`` of its fields (named from the known experiment-state layout, else ``field_<i>``),
+    plus ``record_type`` (``"module.Class"``) on the class. Never runs any of the original code.
+    """
+
+    record_type = "?"
+    fields: tuple[str, ...] = ()
+
+    def __new__(cls, *args, **kwargs):
+        self = dict.__new__(cls)
+        names = cls.fields
+        if not names and cls.record_type.rsplit(".", 1)[-1].endswith("ExperimentState"):
+            names = _EXPERIMENT_FIELDS
+        for i, value in enumerate(args):
+            dict.__setitem__(self, names[i] if i < len(names) else f"field_{i}", value)
+        for key, value in kwargs.items():
+            dict.__setitem__(self, str(key), value)
+        return self
+
+    def __init__(self, *args, **kwargs):  # fields are set in __new__ (NEWOBJ skips __init__)
+        pass
+
+    def __setstate__(self, state):
+        if isinstance(state, tuple) and len(state) == 2:  # (__dict__, slots)
+            for part in state:
+                if isinstance(part, Mapping):
+                    self.update({str(k): v for k, v in part.items()})
+        elif isinstance(state, Mapping):
+            self.update({str(k): v for k, v in state.items()})
+
+    def __reduce__(self):
+        return (dict, (dict(self),))
+
+    def __repr__(self) -> str:
+        return f"{self.record_type}({dict.__repr__(self)})"
+
+
+_RECORD_CLASSES: dict[tuple[str, str], type] = {}
+
+
+def _record_class(module: str, name: str) -> type:
+    key = (module, name)
+    if key not in _RECORD_CLASSES:
+        _RECORD_CLASSES[key] = type(
+            re.sub(r"\W", "_", name) or "Record",
+            (OfficialRecord,),
+            {"record_type": f"{module}.{name}", "__module__": __name__},
+        )
+    return _RECORD_CLASSES[key]
+
+
+def _looks_like_record(module: str, name: str) -> bool:
+    root = module.split(".", 1)[0]
+    if root in _STDLIB or root in ("numpy", "torch", "jax", "jaxlib", "haiku"):
+        return False
+    if not re.fullmatch(r"_?[A-Z][A-Za-z0-9_]*", name):  # a class name, not a function
+        return False
+    return name.endswith("State") or root in _RECORD_MODULE_ROOTS
+
+
+def _safe_reconstructor(cls, base, state):
+    """``copyreg._reconstructor`` (protocol 0/1 objects) restricted to our record classes."""
+    if isinstance(cls, type) and issubclass(cls, OfficialRecord) and base in (tuple, object):
+        obj = cls(*state) if base is tuple and state is not None else cls()
+        return obj
+    raise UnsafeCheckpointError(f"refusing copyreg._reconstructor of {cls!r}")
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    def __init__(self, file, source: str):
+        super().__init__(file, encoding="latin1")
+        self._source = source
+
+    def find_class(self, module: str, name: str):
+        resolve = _ALLOWED.get((module, name))
+        if resolve is not None:
+            return resolve()
+        if module in _DTYPE_MODULES and re.fullmatch(r"[A-Za-z0-9]+DType", name):
+            import numpy.dtypes
+
+            obj = getattr(numpy.dtypes, name, None)
+            if isinstance(obj, type) and issubclass(obj, np.dtype):
+                return obj
+        if (module, name) == ("copyreg", "_reconstructor"):
+            return _safe_reconstructor
+        if _looks_like_record(module, name):
+            return _record_class(module, name)
+        raise UnsafeCheckpointError(f"refusing to load {module}.{name} from {self._source}")
+
+    def persistent_load(self, pid):
+        raise UnsafeCheckpointError(f"refusing persistent id {pid!r} in {self._source}")
+
+
+def _restricted_loads(fileobj, source: str) -> Any:
+    try:
+        return _RestrictedUnpickler(fileobj, source).load()
+    except UnsafeCheckpointError:
+        raise
+    except (pickle.UnpicklingError, EOFError, AttributeError, TypeError, ValueError) as e:
+        raise OfficialFormatError(f"cannot unpickle {source}: {type(e).__name__}: {e}") from e
+
+
+def _plain(obj: Any) -> Any:
+    """Records / OrderedDicts -> plain dicts, 0-d object arrays -> their item, recursively."""
+    if isinstance(obj, Mapping):
+        return {k: _plain(v) for k, v in obj.items()}
+    if isinstance(obj, np.ndarray) and obj.dtype == object:
+        return _plain(obj.item()) if obj.shape == () else [_plain(v) for v in obj.tolist()]
+    if isinstance(obj, list):
+        return [_plain(v) for v in obj]
+    if isinstance(obj, tuple):
+        return tuple(_plain(v) for v in obj)
+    return obj
+
+
+def safe_load_official(path: str | os.PathLike) -> Any:
+    """Read an official ``.npy`` (``np.save`` of a dict) or ``.pkl`` checkpoint safely.
+
+    Numeric ``.npy`` files are read with ``allow_pickle=False``; object ``.npy`` files and
+    pickles go through a restricted unpickler (numpy arrays/scalars/dtypes, plain containers,
+    ``OrderedDict``, haiku ``FlatMapping``, and inert :class:`OfficialRecord` stand-ins for
+    experiment-state namedtuples such as ``byol.byol_experiment._ByolExperimentState``). Any
+    other global raises :class:`UnsafeCheckpointError` ("refusing to load os.system from FILE")
+    before it is called. The file type is detected from its content, not its suffix.
+
+    Returns the loaded object with records and ordered dicts turned into plain ``dict`` (a
+    record's fields become keys, e.g. ``online_params``) and a 0-d object array turned into
+    its item (the saved dict); a numeric ``.npy`` is returned as its ``ndarray``.
+    """
+    source = os.fspath(path)
+    with open(source, "rb") as f:
+        if f.read(6) != b"\x93NUMPY":
+            f.seek(0)
+            return _plain(_restricted_loads(f, source))
+        f.seek(0)
+        version = np.lib.format.read_magic(f)
+        if version == (1, 0):
+            _, _, dtype = np.lib.format.read_array_header_1_0(f)
+        elif version == (2, 0):
+            _, _, dtype = np.lib.format.read_array_header_2_0(f)
+        else:
+            _, _, dtype = np.lib.format._read_array_header(f, version)
+        if not dtype.hasobject:
+            f.seek(0)
+            return np.lib.format.read_array(f, allow_pickle=False)
+        arr = _restricted_loads(f, source)  # np.save pickles the whole object array
+    if not isinstance(arr, np.ndarray):
+        raise OfficialFormatError(f"{source}: object .npy did not hold an array")
+    return _plain(arr)
+
+
+# --------------------------------------------------------------------------- structure search
+
+_LEAF_TYPES = (np.ndarray, np.generic, int, float)
+
+
+def _is_leaf(v: Any) -> bool:
+    return isinstance(v, _LEAF_TYPES) and not isinstance(v, bool) or torch.is_tensor(v)
+
+
+def _haiku_dicts(obj: Any, path: tuple[str, ...] = ()):
+    """Yield ``(path, {module: {name: leaf}})`` for every haiku-style dict inside ``obj``.
+
+    A haiku dict is a mapping of module names to mappings of leaves (params or state, or both
+    merged); a flat ``{"module/name": leaf}`` mapping is accepted too.
+    """
+    if isinstance(obj, Mapping):
+        items = list(obj.items())
+        if (
+            items
+            and all(
+                isinstance(k, str)
+                and isinstance(v, Mapping)
+                and all(_is_leaf(x) and "/" not in str(n) for n, x in v.items())
+                for k, v in items
+            )
+            and any(len(v) for _, v in items)
+        ):
+            yield path, {k: dict(v) for k, v in items}
+            return
+        if items and all(isinstance(k, str) and "/" in k and _is_leaf(v) for k, v in items):
+            out: dict[str, dict[str, Any]] = defaultdict(dict)
+            for k, v in items:
+                mod, name = k.rsplit("/", 1)
+                out[mod][name] = v
+            yield path, dict(out)
+            return
+        for k, v in items:
+            yield from _haiku_dicts(v, (*path, str(k)))
+    elif isinstance(obj, list | tuple):
+        for i, v in enumerate(obj):
+            yield from _haiku_dicts(v, (*path, str(i)))
+
+
+def _select(obj: Any, which: str) -> tuple[dict[str, dict[str, Any]], list[str]]:
+    """Merge the haiku dicts of the ``which`` ("online" / "target") network."""
+    if which not in ("online", "target"):
+        raise ValueError(f"which must be 'online' or 'target', got {which!r}")
+    if isinstance(obj, str | os.PathLike):
+        obj = safe_load_official(obj)
+    found = list(_haiku_dicts(obj))
+    if not found:
+        raise OfficialFormatError("no haiku parameter dict (module -> {name: array}) found")
+    chosen, kinds = [], set()
+    for path, d in found:
+        low = [p.lower() for p in path]
+        if any("opt" in p for p in low):  # optimizer state (momenta have the param names)
+            continue
+        kind = "target" if any("target" in p for p in low) else None
+        kind = kind or ("online" if any("online" in p for p in low) else "neutral")
+        kinds.add(kind)
+        if kind in (which, "neutral"):
+            chosen.append((path, d))
+    if which == "target" and "target" not in kinds:
+        raise OfficialFormatError(
+            f"no target network in this checkpoint (found: {sorted(kinds) or 'nothing'})"
+        )
+    merged: dict[str, dict[str, Any]] = {}
+    sources = []
+    for path, d in chosen:
+        sources.append("/".join(path) or "<root>")
+        for mod, entries in d.items():
+            slot = merged.setdefault(mod, {})
+            for name, v in entries.items():
+                if name in slot:
+                    raise OfficialFormatError(
+                        f"{mod}/{name} appears twice (in {', '.join(sources)}); "
+                        "cannot tell which one to use"
+                    )
+                slot[name] = v
+    return merged, sources
+
+
+# --------------------------------------------------------------------------- name mapping
+
+# (blocks per group, bottleneck) -> our backbone name
+_ARCHS = {
+    ((2, 2, 2, 2), False): "resnet18",
+    ((3, 4, 6, 3), False): "resnet34",
+    ((3, 4, 6, 3), True): "resnet50",
+    ((3, 4, 23, 3), True): "resnet101",
+    ((3, 8, 36, 3), True): "resnet152",
+    ((3, 24, 36, 3), True): "resnet200",
+}
+_SPEC_OF = {v: k for k, v in _ARCHS.items()}
+
+_BLOCK_RE = re.compile(r"/~/block_group_(\d+)/~/block_(\d+)/~/(\w+?)(?:/~/.*)?$")
+
+
+def _torso_prefix(tree: Mapping[str, Any]) -> str:
+    prefixes = sorted({m[: -len("/~/initial_conv")] for m in tree if m.endswith("/~/initial_conv")})
+    if len(prefixes) != 1:
+        raise OfficialFormatError(
+            "expected exactly one ResNet torso (a module '<name>/~/initial_conv'), found "
+            f"{prefixes or 'none'}"
+        )
+    return prefixes[0]
+
+
+def _arr(v: Any) -> np.ndarray:
+    if torch.is_tensor(v):
+        return v.detach().cpu().numpy()
+    return np.asarray(v)
+
+
+def inspect_official(path_or_dict: Any, which: str = "online") -> dict[str, Any]:
+    """Describe the torso found in a checkpoint, without building anything.
+
+    Returns ``{"prefix", "arch", "blocks", "bottleneck", "width_multiplier",
+    "layer1_projection", "projections", "sources"}``; ``arch`` is ``None`` when the block
+    counts are not one of our backbones.
+    """
+    tree, sources = _select(path_or_dict, which)
+    return _inspect_tree(tree, sources)
+
+
+def _inspect_tree(tree: Mapping[str, Mapping[str, Any]], sources: list[str]) -> dict[str, Any]:
+    prefix = _torso_prefix(tree)
+    if f"{prefix}/~/final_batchnorm" in tree or f"{prefix}/~/initial_batchnorm" not in tree:
+        raise OfficialFormatError(f"{prefix}: ResNet v2 torsos are not supported (v1 only)")
+    blocks: dict[int, set[int]] = defaultdict(set)
+    parts: dict[tuple[int, int], set[str]] = defaultdict(set)
+    for mod in tree:
+        if not mod.startswith(prefix + "/~/"):
+            continue
+        m = _BLOCK_RE.fullmatch(mod[len(prefix) :])
+        if m:
+            g, b = int(m.group(1)), int(m.group(2))
+            blocks[g].add(b)
+            parts[(g, b)].add(m.group(3))
+    if sorted(blocks) != [0, 1, 2, 3] or any(
+        sorted(s) != list(range(len(s))) for s in blocks.values()
+    ):
+        raise OfficialFormatError(
+            f"{prefix}: expected block_group_0..3 with consecutive blocks, found "
+            f"{ {g: sorted(s) for g, s in sorted(blocks.items())} }"
+        )
+    counts = tuple(len(blocks[g]) for g in range(4))
+    bottleneck = any("conv_2" in p for p in parts.values())
+    width = _arr(tree[f"{prefix}/~/initial_conv"]["w"]).shape[-1]
+    if width % 64:
+        raise OfficialFormatError(f"{prefix}: initial_conv has {width} output channels, not 64*k")
+    projections = tuple(
+        g
+        for g in range(4)
+        if "shortcut_conv" in parts[(g, 0)] or "shortcut_batchnorm" in parts[(g, 0)]
+    )
+    return {
+        "prefix": prefix,
+        "arch": _ARCHS.get((counts, bottleneck)),
+        "blocks": counts,
+        "bottleneck": bottleneck,
+        "width_multiplier": width // 64,
+        "layer1_projection": 0 in projections and not bottleneck,
+        "projections": projections,
+        "sources": sources,
+    }
+
+
+def _bn_entries(src_mod: str, dst: str) -> list[tuple[str, str, str, str]]:
+    st = (src_mod + "/~/mean_ema", src_mod + "/~/var_ema")
+    return [
+        (src_mod, "scale", dst + ".weight", "vec"),
+        (src_mod, "offset", dst + ".bias", "vec"),
+        (st[0], "average", dst + ".running_mean", "vec"),
+        (st[1], "average", dst + ".running_var", "vec"),
+        (st[0], "counter", dst + ".num_batches_tracked", "count"),
+        (st[0], "hidden", "", "skip"),
+        (st[1], "hidden", "", "skip"),
+        (st[1], "counter", "", "skip"),
+    ]
+
+
+def _torso_table(
+    prefix: str, blocks: tuple[int, ...], bottleneck: bool, projections: tuple[int, ...]
+) -> list[tuple[str, str, str, str]]:
+    """``(haiku module, haiku name, torch key, kind)`` for every tensor of the torso."""
+    p = prefix + "/~/"
+    rows = [(p + "initial_conv", "w", "conv1.weight", "conv")]
+    rows += [(p + "logits", "w", "", "skip"), (p + "logits", "b", "", "skip")]  # torso classifier
+    rows += _bn_entries(p + "initial_batchnorm", "bn1")
+    n_convs = 3 if bottleneck else 2
+    for g, count in enumerate(blocks):
+        for b in range(count):
+            src = f"{p}block_group_{g}/~/block_{b}/~/"
+            dst = f"layer{g + 1}.{b}."
+            for i in range(n_convs):
+                rows.append((f"{src}conv_{i}", "w", f"{dst}conv{i + 1}.weight", "conv"))
+                rows += _bn_entries(f"{src}batchnorm_{i}", f"{dst}bn{i + 1}")
+            if b == 0 and g in projections:
+                rows.append((src + "shortcut_conv", "w", dst + "downsample.0.weight", "conv"))
+                rows += _bn_entries(src + "shortcut_batchnorm", dst + "downsample.1")
+    return rows
+
+
+def expected_official_names(
+    arch: str,
+    prefix: str | None = None,
+    projections: tuple[int, ...] | None = None,
+) -> dict[str, list[str]]:
+    """The haiku inventory ``{module: sorted names}`` (params and state merged) of an official
+    v1 torso. ``prefix`` defaults to haiku's module name for the official class
+    (``resnet50`` -> ``res_net50``); ``projections`` (groups whose first block has a
+    projection shortcut) defaults to all four, as in the official ``networks.py``."""
+    blocks, bottleneck = _SPEC_OF[arch]
+    prefix = prefix or arch.replace("resnet", "res_net")
+    projections = (0, 1, 2, 3) if projections is None else projections
+    out: dict[str, set[str]] = defaultdict(set)
+    for mod, name, _, _ in _torso_table(prefix, blocks, bottleneck, projections):
+        if not mod.endswith("/~/logits"):  # only present when built with num_classes
+            out[mod].add(name)
+    return {m: sorted(v) for m, v in sorted(out.items())}
+
+
+def _short(items: list[str], n: int = 12) -> str:
+    return ", ".join(items[:n]) + (f", ... ({len(items)} in all)" if len(items) > n else "")
+
+
+def _convert_value(v: Any, kind: str, like: torch.Tensor) -> torch.Tensor:
+    a = _arr(v)
+    shape = a.shape
+    if kind == "conv":
+        if a.ndim != 4:
+            raise ValueError(f"conv weight must be 4-D HWIO, got shape {a.shape}")
+        a = a.transpose(3, 2, 0, 1)
+    elif kind == "vec":
+        if a.ndim == 0 or any(s != 1 for s in a.shape[:-1]):
+            raise ValueError(f"expected [C] or [1,..,1,C], got shape {a.shape}")
+        a = a.reshape(-1)
+    elif kind == "linear":
+        if a.ndim != 2:
+            raise ValueError(f"linear weight must be 2-D [in, out], got shape {a.shape}")
+        a = a.T
+    elif kind == "count":
+        return torch.tensor(int(np.asarray(a).reshape(-1)[0]) if a.size else 0, dtype=like.dtype)
+    t = torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))
+    if tuple(t.shape) != tuple(like.shape):
+        raise ValueError(f"shape {tuple(t.shape)} (from {shape}) != expected {tuple(like.shape)}")
+    return t.to(like.dtype)
+
+
+def _map_strict(
+    tree: Mapping[str, Mapping[str, Any]],
+    rows: list[tuple[str, str, str, str]],
+    target: Mapping[str, torch.Tensor],
+    owned: set[tuple[str, str]],
+    what: str,
+) -> dict[str, torch.Tensor]:
+    """Fill ``target``'s keys from ``tree`` by ``rows``; every ``owned`` source tensor must be
+    used exactly once and every target key filled with the right shape, else one error lists
+    all problems."""
+    out: dict[str, torch.Tensor] = {}
+    missing, bad, used = [], [], set()
+    optional = {"count", "skip"}
+    for mod, name, key, kind in rows:
+        src = (mod, name)
+        if src in used:
+            bad.append(f"{mod}/{name} used twice")
+        if mod not in tree or name not in tree[mod]:
+            if kind not in optional:
+                missing.append(f"{mod}/{name}")
+            continue
+        used.add(src)
+        if kind == "skip":
+            continue
+        if key not in target:
+            bad.append(f"{mod}/{name} -> {key}: no such key in the torch module")
+            continue
+        try:
+            out[key] = _convert_value(tree[mod][name], kind, target[key])
+        except (ValueError, TypeError) as e:
+            bad.append(f"{mod}/{name} -> {key}: {e}")
+    unused = sorted(f"{m}/{n}" for m, n in owned - used)
+    unfilled = sorted(k for k in target if k not in out and not k.endswith("num_batches_tracked"))
+    if missing or unused or bad or unfilled:
+        msg = [f"{what}: the checkpoint does not match"]
+        if missing:
+            msg.append(f"missing in checkpoint: {_short(missing)}")
+        if unused:
+            msg.append(f"unexpected (unused) in checkpoint: {_short(unused)}")
+        if bad:
+            msg.append(f"bad: {_short(bad)}")
+        if unfilled:
+            msg.append(f"torch keys not filled: {_short(unfilled)}")
+        raise OfficialFormatError("; ".join(msg))
+    for k in target:
+        if k.endswith("num_batches_tracked") and k not in out:
+            out[k] = torch.zeros_like(target[k])
+    return out
+
+
+def _build(arch: str, width: int, layer1_projection: bool) -> nn.Module:
+    from torchvision.models.resnet import conv1x1
+
+    from .model.backbone import build_backbone
+
+    net = build_backbone(arch, width_multiplier=width, padding="same")
+    if layer1_projection:
+        first = net.layer1[0]
+        cin, cout = first.conv1.in_channels, first.conv2.out_channels
+        first.downsample = nn.Sequential(conv1x1(cin, cout, 1), nn.BatchNorm2d(cout))
+    return net
+
+
+def _torso_state(path_or_dict: Any, which: str, arch: str | None):
+    tree, sources = _select(path_or_dict, which)
+    info = _inspect_tree(tree, sources)
+    if info["arch"] is None:
+        raise OfficialFormatError(
+            f"{info['prefix']}: blocks per group {info['blocks']} "
+            f"({'bottleneck' if info['bottleneck'] else 'basic'}) match none of {sorted(_SPEC_OF)}"
+        )
+    if arch is not None and arch != info["arch"]:
+        raise OfficialFormatError(
+            f"arch={arch!r} requested but the checkpoint holds a {info['arch']} "
+            f"(blocks {info['blocks']}, {'bottleneck' if info['bottleneck'] else 'basic'})"
+        )
+    net = _build(info["arch"], info["width_multiplier"], info["layer1_projection"])
+    blocks, bottleneck = info["blocks"], info["bottleneck"]
+    rows = _torso_table(info["prefix"], blocks, bottleneck, info["projections"])
+    owned = {(m, n) for m, d in tree.items() if m.startswith(info["prefix"] + "/~/") for n in d}
+    owned |= {(m, n) for m, d in tree.items() if m == info["prefix"] for n in d}
+    state = _map_strict(tree, rows, net.state_dict(), owned, f"{info['prefix']} -> {info['arch']}")
+    return net, state, info, tree
+
+
+def load_backbone(path_or_dict: Any, which: str = "online", arch: str | None = None) -> nn.Module:
+    """Build our backbone (``padding="same"``) from an official checkpoint, in eval mode.
+
+    ``path_or_dict``: a file for :func:`safe_load_official` or an already loaded structure
+    (a haiku dict, ``{'params', 'state'}``, online/target variants, an experiment state, ...).
+    ``which``: ``"online"`` (default) or ``"target"`` network. ``arch``: optional check of the
+    inferred architecture (e.g. ``"resnet50"``). Depth comes from the block counts, width
+    from the initial conv (``64 * width_multiplier`` channels). The mapping is strict: every
+    torso tensor of the checkpoint is used exactly once and every parameter / running
+    statistic of the module is filled with an equal shape, otherwise
+    :class:`OfficialFormatError` lists the names.
+    """
+    net, state, info, _ = _torso_state(path_or_dict, which, arch)
+    net.load_state_dict(state, strict=True)
+    net.official_info = {k: v for k, v in info.items() if k != "sources"}
+    return net.eval()
+
+
+# --------------------------------------------------------------------------- heads
+
+
+def _head_rows(mod: str) -> list[tuple[str, str, str, str]]:
+    return [
+        (mod + "/linear", "w", "fc1.weight", "linear"),
+        (mod + "/linear", "b", "fc1.bias", "vec"),
+        *_bn_entries(mod + "/batch_norm", "bn1"),
+        (mod + "/linear_1", "w", "fc2.weight", "linear"),
+    ]
+
+
+def _head_state(tree: Mapping[str, Mapping[str, Any]], head: str):
+    cands = sorted(
+        m[: -len("/linear")]
+        for m in tree
+        if m.endswith("/linear") and re.fullmatch(rf"(?:.*/)?{head}", m[: -len("/linear")])
+    )
+    if not cands:
+        return None
+    if len(cands) > 1:
+        raise OfficialFormatError(f"several {head} MLPs found: {cands}")
+    mod = cands[0]
+    from .model.heads import MLP
+
+    w1, w2 = _arr(tree[mod + "/linear"]["w"]), _arr(tree.get(mod + "/linear_1", {}).get("w"))
+    if w1.ndim != 2 or w2.ndim != 2:
+        raise OfficialFormatError(f"{mod}: linear / linear_1 weights must be 2-D [in, out]")
+    mlp = MLP(int(w1.shape[0]), int(w1.shape[1]), int(w2.shape[1]))
+    rows = _head_rows(mod)
+    owned = {(m, n) for m, d in tree.items() if m.startswith(mod + "/") for n in d}
+    state = _map_strict(tree, rows, mlp.state_dict(), owned, mod)
+    return mlp, state
+
+
+def load_heads(path_or_dict: Any, which: str = "online") -> dict[str, nn.Module | None]:
+    """``{"projector": MLP | None, "predictor": MLP | None}`` from an official checkpoint, in
+    eval mode (haiku ``networks.MLP``: ``linear`` -> ``fc1``, ``batch_norm`` -> ``bn1``,
+    ``linear_1`` -> ``fc2``; strict like :func:`load_backbone`). The target network of BYOL /
+    DetCon has no predictor."""
+    tree, _ = _select(path_or_dict, which)
+    out: dict[str, nn.Module | None] = {}
+    for head in ("projector", "predictor"):
+        got = _head_state(tree, head)
+        if got is None:
+            out[head] = None
+            continue
+        mlp, state = got
+        mlp.load_state_dict(state, strict=True)
+        out[head] = mlp.eval()
+    return out
+
+
+def _classifier_state(tree: Mapping[str, Mapping[str, Any]]) -> dict[str, torch.Tensor] | None:
+    cands = sorted(m for m in tree if re.fullmatch(r"(?:.*/)?classifier", m))
+    if len(cands) != 1 or "w" not in tree[cands[0]]:
+        return None
+    d = tree[cands[0]]
+    out = {"weight": torch.from_numpy(np.ascontiguousarray(_arr(d["w"]).T, dtype=np.float32))}
+    if "b" in d:
+        out["bias"] = torch.from_numpy(np.ascontiguousarray(_arr(d["b"]), dtype=np.float32))
+    return out
+
+
+def convert(path: Any, which: str = "online") -> dict[str, Any]:
+    """Convert an official checkpoint into our state dicts.
+
+    Returns ``{"arch", "width_multiplier", "padding": "same", "layer1_projection",
+    "backbone": state_dict, "projector": state_dict | None, "predictor": state_dict | None,
+    "classifier": {"weight", "bias"} | None, "source": {...}}``. ``layer1_projection`` is
+    true only for the official basic-block nets (ResNet18/34), whose ``backbone`` then has the
+    extra ``layer1.0.downsample.*`` keys; use :func:`backbone_from_converted` to build the
+    matching module.
+    """
+    obj = safe_load_official(path) if isinstance(path, str | os.PathLike) else path
+    _, state, info, tree = _torso_state(obj, which, None)
+    heads = {}
+    for head in ("projector", "predictor"):
+        got = _head_state(tree, head)
+        heads[head] = None if got is None else got[1]
+    return {
+        "arch": info["arch"],
+        "width_multiplier": info["width_multiplier"],
+        "padding": "same",
+        "layer1_projection": info["layer1_projection"],
+        "backbone": state,
+        "projector": heads["projector"],
+        "predictor": heads["predictor"],
+        "classifier": _classifier_state(tree),
+        "source": {"which": which, "torso": info["prefix"], "sources": info["sources"]},
+    }
+
+
+def backbone_from_converted(converted: Mapping[str, Any]) -> nn.Module:
+    """The backbone module (eval mode) for a :func:`convert` result, weights loaded."""
+    net = _build(
+        converted["arch"], converted["width_multiplier"], converted.get("layer1_projection", False)
+    )
+    net.load_state_dict(converted["backbone"], strict=True)
+    return net.eval()
