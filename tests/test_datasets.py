@@ -151,5 +151,5 @@ def test_build_pretrain_dataset_factory(tmp_path):
         build_pretrain_dataset(tmp_path / "missing", "fh")
     with pytest.raises(ValueError, match="coco_json"):
         build_pretrain_dataset(root, "coco")
-    with pytest.raises(FileNotFoundError, match="mask cache folder not found"):
+    with pytest.raises(FileNotFoundError, match="neither a mask cache folder nor a generator"):
         build_pretrain_dataset(root, str(tmp_path / "no_cache"))

@@ -23,6 +23,24 @@ COMMANDS = {
 }
 
 
+class _CommandParser(argparse.ArgumentParser):
+    """Sub-command parser whose ``KEY=VALUE`` list (a ``nargs="*"`` positional) may be mixed
+    with the flags, e.g. ``detcon pretrain optim.base_lr=0.3 --steps 1 x.y=z`` (plain argparse
+    stops collecting the list at the first flag and then refuses ``x.y=z``)."""
+
+    _mixing = False
+
+    def parse_known_args(self, args=None, namespace=None):
+        positionals = self._get_positional_actions()
+        if self._mixing or not any(a.nargs == argparse.ZERO_OR_MORE for a in positionals):
+            return super().parse_known_args(args, namespace)
+        self._mixing = True  # parse_known_intermixed_args calls parse_known_args itself
+        try:
+            return self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._mixing = False
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="detcon",
@@ -31,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     from detcon import __version__
 
     parser.add_argument("--version", action="version", version=f"detcon {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_CommandParser)
     for module in COMMANDS.values():
         try:
             mod = importlib.import_module(f"detcon.commands.{module}")

@@ -18,7 +18,9 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import logging
+import math
 import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -302,6 +304,81 @@ def _check_choice(key: str, value) -> None:
         )
 
 
+#: Numeric fields and their valid ranges (checked on load, after the overrides, and in
+#: resolve): ``">= a"``, ``"> a"``, ``"[a, b]"`` or ``"[a, b)"``.
+RANGES = {
+    "data.batch_size": ">= 1",
+    "data.image_size": ">= 32",
+    "data.num_workers": ">= 0",
+    "data.repeat": ">= 1",
+    "masks.num_masks": ">= 1",
+    "loss.temperature": "> 0",
+    "optim.base_lr": "> 0",
+    "optim.weight_decay": ">= 0",
+    "optim.momentum": "[0, 1)",
+    "optim.eta": "> 0",
+    "optim.ema_base": "[0, 1]",
+    "train.steps": ">= 0",
+    "train.grad_accum": ">= 1",
+    "train.ckpt_every": ">= 1",
+    "train.keep_every": ">= 0",
+    "train.log_every": ">= 1",
+    "train.stop_after": ">= 0",
+}
+
+#: ``train.device``: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
+_DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
+
+
+def _in_range(value, spec: str) -> bool:
+    """Whether ``value`` satisfies a :data:`RANGES` spec (NaN never does)."""
+    if spec.startswith(">="):
+        return value >= float(spec[2:])
+    if spec.startswith(">"):
+        return value > float(spec[1:])
+    lo, hi = (float(x) for x in spec[1:-1].split(","))
+    return lo <= value and (value <= hi if spec.endswith("]") else value < hi)
+
+
+def _check_range(key: str, value) -> None:
+    spec = RANGES.get(key)
+    if spec is not None and not (math.isfinite(value) and _in_range(value, spec)):
+        rule = f"in {spec}" if spec.startswith("[") else spec
+        raise ConfigError(f"{key} must be {rule}, got {value}")
+
+
+def validate(cfg: Config, check_device: bool = True) -> Config:
+    """Check every :data:`CHOICES` and :data:`RANGES` field and ``train.device``; raises
+    :class:`ConfigError` naming the key. ``check_device`` also requires CUDA to be present
+    when ``train.device`` asks for it. Returns ``cfg``."""
+    for key in (*CHOICES, *RANGES):
+        group, name = key.split(".")
+        value = getattr(getattr(cfg, group), name)
+        _check_choice(key, value)
+        _check_range(key, value)
+    t = cfg.train
+    if t.steps == 0 and t.epochs < 1:
+        raise ConfigError(
+            f"train.epochs must be >= 1 when train.steps is 0 (derived from epochs), got {t.epochs}"
+        )
+    if not _DEVICE.fullmatch(t.device):
+        raise ConfigError(f"train.device: {t.device!r} is not one of auto, cpu, cuda, cuda:N")
+    if check_device and t.device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ConfigError(
+                f"train.device={t.device} but CUDA is not available; use train.device=cpu or auto"
+            )
+        index = int(t.device.partition(":")[2] or 0)
+        if index >= torch.cuda.device_count():
+            raise ConfigError(
+                f"train.device={t.device} but only {torch.cuda.device_count()} CUDA devices "
+                "are visible"
+            )
+    return cfg
+
+
 def apply_dict(cfg: Config, data: dict, source: str = "config") -> Config:
     """Set fields from a nested dict ``{group: {field: value}}``; unknown keys raise ConfigError."""
     if not isinstance(data, dict):
@@ -380,10 +457,26 @@ def load_config(path: str | None = None, overrides: list[str] | None = None) -> 
     cfg = Config()
     if path:
         file = find_config(path)
-        with open(file) as f:
-            data = yaml.safe_load(f) or {}
+        data = _read_yaml(file)
         apply_dict(cfg, data, str(file))
-    return apply_method(apply_overrides(cfg, overrides or []))
+    return validate(apply_method(apply_overrides(cfg, overrides or [])))
+
+
+def _read_yaml(file: Path):
+    """``yaml.safe_load`` of a file; a syntax error, an unhashable key or a non-safe tag
+    (``!!python/...``) is a one-line :class:`ConfigError` naming the file and the line."""
+    try:
+        with open(file, encoding="utf-8") as f:
+            return yaml.safe_load(f) or {}
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None) or getattr(err, "context_mark", None)
+        where = f"{file}:{mark.line + 1}" if mark is not None else str(file)
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        context = getattr(err, "context", None)
+        what = f"{context}: {problem}" if context else problem
+        raise ConfigError(f"{where}: invalid YAML: {' '.join(str(what).split())}") from None
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{file}: not a UTF-8 text file ({err.reason})") from None
 
 
 def apply_method(cfg: Config) -> Config:
@@ -431,21 +524,12 @@ def resolve(cfg: Config, dataset_size: int, world_size: int = 1) -> Config:
       when the run is given as ``train.steps`` (the same 1% of the run); capped below
       total_steps;
     * ``optim.peak_lr = base_lr * batch_size / 256``;
-    * byol / simclr force the whole-image mask and K = 1.
+    * byol / simclr force the whole-image mask and K = 1;
+    * every field is checked as by :func:`validate` (choices, ranges; not CUDA's presence).
     """
-    d, t, o, m, mo = cfg.data, cfg.train, cfg.optim, cfg.masks, cfg.model
-    for key in CHOICES:
-        group, name = key.split(".")
-        _check_choice(key, getattr(getattr(cfg, group), name))
+    d, t, o, mo = cfg.data, cfg.train, cfg.optim, cfg.model
+    validate(cfg, check_device=False)  # the device is picked (and checked) by the trainer
     apply_method(cfg)
-    for key, value in (
-        ("data.batch_size", d.batch_size),
-        ("masks.num_masks", m.num_masks),
-        ("data.image_size", d.image_size),
-        ("train.grad_accum", t.grad_accum),
-    ):
-        if value < 1:
-            raise ConfigError(f"{key} must be >= 1, got {value}")
     if mo.output_stride not in (8, 16, 32):
         raise ConfigError(f"model.output_stride must be 8, 16 or 32, got {mo.output_stride}")
     if d.image_size % 32:

@@ -2,13 +2,16 @@
 
 Resumable: every image's map is written atomically on its own, and images whose entry is
 fresh (same file size + mtime, same generator and params) are reused, so rerunning after an
-interruption only computes what is missing. Prints a summary at the end.
+interruption only computes what is missing. Prints a summary at the end (also after Ctrl-C,
+exit status 130); the full list of skipped files goes to ``CACHE/skipped.txt``
+(``skipped_shard<K>.txt`` with ``--num-shards``).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 import time
 from collections import Counter
@@ -17,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["add_parser", "run", "generate_masks", "MaskRunStats", "build_method"]
+__all__ = ["add_parser", "run", "generate_masks", "MaskRunStats", "build_method", "write_skipped"]
 
 _STATE: dict = {}  # per worker process: generator, cache
 
@@ -32,11 +35,19 @@ class MaskRunStats:
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
     segments: list[int] = field(default_factory=list)
     seconds: float = 0.0
+    interrupted: bool = False
+
+    @property
+    def done(self) -> int:
+        return self.computed + self.reused + len(self.skipped)
 
     def summary(self) -> str:
-        rate = self.images / max(self.seconds, 1e-9)
+        rate = self.done / max(self.seconds, 1e-9)
+        head = (
+            f"interrupted after {self.done} of {self.images} images; " if self.interrupted else ""
+        )
         lines = [
-            f"images: {self.images}  computed: {self.computed}  reused: {self.reused}  "
+            f"{head}images: {self.images}  computed: {self.computed}  reused: {self.reused}  "
             f"skipped: {len(self.skipped)}  ({rate:.2f} images/s, {self.seconds:.1f} s)"
         ]
         if self.segments:
@@ -52,6 +63,11 @@ class MaskRunStats:
         if len(self.skipped) > 20:
             lines.append(f"  ... {len(self.skipped) - 20} more skipped ({dict(reasons)})")
         return "\n".join(lines)
+
+
+def _init_pool_worker(generator, cache) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's: no worker tracebacks
+    _init_worker(generator, cache)
 
 
 def _init_worker(generator, cache) -> None:
@@ -87,28 +103,33 @@ def _process(path: str) -> tuple[str, str, int | str]:
     return path, "computed", int(labels.max(initial=0)) + 1
 
 
-def generate_masks(files, generator, cache, workers: int = 1, chunksize: int = 4, progress=True):
+def generate_masks(
+    files, generator, cache, workers: int = 1, chunksize: int = 4, progress=True, skipped=()
+):
     """Compute the maps of ``files`` into ``cache`` with ``workers`` processes.
 
     ``workers <= 1`` runs in this process (no pickling; exceptions propagate). Returns
     :class:`MaskRunStats`. Files are processed in the given order; results arrive unordered.
+    ``skipped``: ``(path, reason)`` of entries already rejected (e.g. by the folder scan),
+    counted as images and reported with the others. Ctrl-C (``KeyboardInterrupt``) stops the
+    run: the stats so far are returned with ``interrupted`` set (the entries written are kept).
     """
     from tqdm import tqdm
 
     files = [str(f) for f in files]
-    stats = MaskRunStats(images=len(files))
+    stats = MaskRunStats(images=len(files) + len(skipped), skipped=list(skipped))
     start = time.perf_counter()
     bar = tqdm(total=len(files), unit="img", disable=not progress, smoothing=0.1)
-    if workers <= 1:
-        _init_worker(generator, cache)
-        results = map(_process, files)
-        pool = None
-    else:
-        import multiprocessing as mp
-
-        pool = mp.get_context().Pool(workers, _init_worker, (generator, cache))
-        results = pool.imap_unordered(_process, files, chunksize=chunksize)
+    pool = None
     try:
+        if workers <= 1:
+            _init_worker(generator, cache)
+            results = map(_process, files)
+        else:
+            import multiprocessing as mp
+
+            pool = mp.get_context().Pool(workers, _init_pool_worker, (generator, cache))
+            results = pool.imap_unordered(_process, files, chunksize=chunksize)
         for path, status, value in results:
             if status == "skipped":
                 stats.skipped.append((path, str(value)))
@@ -116,6 +137,8 @@ def generate_masks(files, generator, cache, workers: int = 1, chunksize: int = 4
                 setattr(stats, status, getattr(stats, status) + 1)
                 stats.segments.append(int(value))
             bar.update(1)
+    except KeyboardInterrupt:
+        stats.interrupted = True
     finally:
         bar.close()
         if pool is not None:
@@ -143,7 +166,7 @@ def build_method(args):
 
 
 def run(args) -> int:
-    from detcon.data.datasets import scan_images
+    from detcon.data.datasets import no_images_error, scan_images
     from detcon.masks.cache import MaskCache
 
     if args.num_shards < 1 or not 0 <= args.shard < args.num_shards:
@@ -151,11 +174,25 @@ def run(args) -> int:
             f"error: need 0 <= --shard < --num-shards, got {args.shard}/{args.num_shards}"
         )
     data = Path(args.data)
+    scan_skipped: list[tuple[str, str]] = []
     try:
-        files = scan_images(data)
+        files = scan_images(data, scan_skipped)
     except FileNotFoundError as err:
         raise SystemExit(f"error: {err}") from None
+    except KeyboardInterrupt:
+        print(f"interrupted (Ctrl-C) while listing {data}; nothing written", file=sys.stderr)
+        return 130
+    if not files:
+        odd = ""
+        if scan_skipped:
+            odd = f"; skipped {len(scan_skipped)}: " + ", ".join(
+                f"{p} ({why})" for p, why in scan_skipped[:3]
+            )
+        print(f"detcon masks: error: {no_images_error(data)}{odd}", file=sys.stderr)
+        return 2  # before the cache is created: no empty cache folder is left behind
     files = files[args.shard :: args.num_shards]  # shard = every num_shards-th file
+    if args.shard:
+        scan_skipped = []  # the scan's rejects are reported once, by shard 0
     generator = build_method(args)
     cache = MaskCache(args.out, generator, data_root=data)
     cache.write_info()
@@ -164,9 +201,33 @@ def run(args) -> int:
         f"{len(files)} images in {data} (shard {args.shard}/{args.num_shards}); "
         f"method {generator.name} {generator.params}; {workers} workers -> {cache.folder}"
     )
-    stats = generate_masks(files, generator, cache, workers, progress=not args.quiet)
+    stats = generate_masks(
+        files, generator, cache, workers, progress=not args.quiet, skipped=scan_skipped
+    )
+    listing = write_skipped(stats, cache.root, args.shard, args.num_shards)
     print(stats.summary())
+    if listing is not None:
+        print(f"full list of the {len(stats.skipped)} skipped files: {listing}")
+    if stats.interrupted:
+        print("interrupted (Ctrl-C); rerun the same command to resume", file=sys.stderr)
+        return 130
     return 0
+
+
+def write_skipped(stats: MaskRunStats, root, shard: int = 0, num_shards: int = 1) -> Path | None:
+    """Write every skipped ``path<TAB>reason`` to ``root/skipped.txt`` (``skipped_shard<K>.txt``
+    with several shards), atomically; remove a stale list when nothing was skipped. Returns the
+    file written, or ``None``."""
+    from detcon.fileio import atomic_write
+
+    path = Path(root) / ("skipped.txt" if num_shards == 1 else f"skipped_shard{shard}.txt")
+    if not stats.skipped:
+        if not stats.interrupted:
+            path.unlink(missing_ok=True)
+        return None
+    with atomic_write(path, "w") as f:
+        f.writelines(f"{p}\t{' '.join(str(why).split())}\n" for p, why in stats.skipped)
+    return path
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:

@@ -11,7 +11,10 @@ generator run on the fly inside the loader workers (each worker memoises the las
 Bad files: folders are scanned by file name only (no decode at scan time, so ImageNet-size
 folders list in seconds). A file that fails to decode at load time is **replaced by the next
 index** with a one-time warning naming the file and the reason; after 50 consecutive failures
-the dataset raises (the folder is probably wrong).
+(or when no file of a smaller list can be read) the dataset raises
+:class:`UnreadableImagesError` (the folder is probably wrong). A folder without any image file
+raises :class:`NoImagesError`. Both are ``FileNotFoundError`` s, which the command line reports
+in one line with exit status 2.
 """
 
 from __future__ import annotations
@@ -38,22 +41,82 @@ __all__ = [
     "CocoDataset",
     "SyntheticDataset",
     "resolve_masks",
+    "ImageDataError",
+    "NoImagesError",
+    "UnreadableImagesError",
+    "MASK_SOURCES",
 ]
 
 _MAX_CONSECUTIVE_FAILURES = 50
 
+#: Names ``masks`` may take besides a cache folder (``coco`` needs the instances JSON).
+MASK_SOURCES = ("fh", "grid", "whole", "coco")
 
-def scan_images(root: str | os.PathLike) -> list[Path]:
-    """All image files under ``root`` (recursive, common extensions), in sorted order."""
+
+class ImageDataError(FileNotFoundError):
+    """The images to train on are missing or unusable: a one-line message naming the folder.
+
+    A ``FileNotFoundError`` so that the command line reports it as a user error (one line,
+    exit status 2). ``str()`` stays one line even when a DataLoader worker re-raises it with
+    the worker's traceback folded into the message."""
+
+    def __str__(self) -> str:
+        text = super().__str__()
+        if "Traceback (most recent call last)" not in text:
+            return text
+        last = [line for line in text.splitlines() if line.strip()][-1]
+        name = type(self).__name__
+        return last.split(f"{name}: ", 1)[1] if f"{name}: " in last else last
+
+
+class NoImagesError(ImageDataError):
+    """A folder holds no file with an image extension."""
+
+
+class UnreadableImagesError(ImageDataError, RuntimeError):
+    """No readable image among the files tried (also a ``RuntimeError``, as before)."""
+
+
+def _extensions() -> str:
+    return ", ".join(IMAGE_EXTENSIONS)
+
+
+def no_images_error(root) -> NoImagesError:
+    """The error for a folder without images: names the folder and the extensions."""
+    return NoImagesError(
+        f"no images in {root} (searched recursively for {_extensions()}, any case)"
+    )
+
+
+def scan_images(root: str | os.PathLike, skipped: list | None = None) -> list[Path]:
+    """All image files under ``root`` (recursive, common extensions), in sorted order.
+
+    Entries named like images that are not readable files (a dangling symlink, a folder called
+    ``x.jpg``) are left out; with ``skipped`` (a list) each is appended as ``(path, reason)``,
+    the form of :attr:`detcon.commands.masks.MaskRunStats.skipped`. Hidden files (``.name``)
+    are ignored."""
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"image folder not found: {root}")
-    files = [
-        p
-        for p in root.rglob("*")
-        if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file() and not p.name.startswith(".")
-    ]
-    return sorted(files, key=lambda p: p.relative_to(root).as_posix())
+    files, odd = [], []
+    for p in root.rglob("*"):
+        if p.suffix.lower() not in IMAGE_EXTENSIONS or p.name.startswith("."):
+            continue
+        if p.is_file():
+            files.append(p)
+        elif p.is_symlink() and not p.exists():
+            odd.append((p, "dangling symlink"))
+        elif p.is_dir():
+            odd.append((p, "not a file: a folder named like an image"))
+        else:
+            odd.append((p, "not a regular file"))
+
+    def order(p: Path) -> str:
+        return p.relative_to(root).as_posix()
+
+    if skipped is not None:
+        skipped.extend((str(p), why) for p, why in sorted(odd, key=lambda e: order(e[0])))
+    return sorted(files, key=order)
 
 
 def resolve_masks(masks: Any, data_root=None):
@@ -73,9 +136,19 @@ def resolve_masks(masks: Any, data_root=None):
         cache = masks
     elif isinstance(masks, (str, os.PathLike)) and Path(masks).is_dir():
         cache = MaskCache(masks, data_root=data_root)
-    elif isinstance(masks, os.PathLike) or (isinstance(masks, str) and os.sep in masks):
-        raise FileNotFoundError(f"mask cache folder not found: {masks}")
-    elif isinstance(masks, (str, dict)):
+    elif isinstance(masks, os.PathLike) or (isinstance(masks, str) and _path_like(masks)):
+        raise _unknown_masks(masks)
+    elif isinstance(masks, str):
+        name = masks.strip().partition(":")[0]
+        if name == "coco":
+            raise ValueError(
+                "masks 'coco' (ground truth) needs the COCO instances JSON "
+                "(data.coco_json / coco_json=)"
+            )
+        if name not in MASK_SOURCES:
+            raise _unknown_masks(masks)
+        return None, build_generator(masks)
+    elif isinstance(masks, dict):
         return None, build_generator(masks)
     elif callable(masks):
         return None, masks
@@ -88,6 +161,17 @@ def resolve_masks(masks: Any, data_root=None):
     except ValueError:
         gen = None  # e.g. coco: no on-the-fly fallback
     return cache, gen
+
+
+def _path_like(text: str) -> bool:
+    return os.sep in text or "/" in text or text.startswith(("~", ".")) or text.endswith(os.sep)
+
+
+def _unknown_masks(masks) -> FileNotFoundError:
+    return FileNotFoundError(
+        f"masks {str(masks)!r} is neither a mask cache folder nor a generator "
+        f"({', '.join(MASK_SOURCES)})"
+    )
 
 
 class ImageListDataset(Dataset):
@@ -116,6 +200,8 @@ class ImageListDataset(Dataset):
     ):
         self.files = [Path(f) for f in files]
         if not self.files:
+            if data_root is not None:
+                raise no_images_error(data_root)
             raise ValueError("no images to load (empty file list)")
         if labels is not None and len(labels) != len(self.files):
             raise ValueError(f"{len(labels)} labels for {len(self.files)} files")
@@ -161,33 +247,58 @@ class ImageListDataset(Dataset):
     def __getitem__(self, index: int) -> dict:
         n = len(self.files)
         i = index % n
-        for _ in range(min(n, _MAX_CONSECUTIVE_FAILURES)):
+        tries = min(n, _MAX_CONSECUTIVE_FAILURES)
+        for _ in range(tries):
             try:
                 image, labels = self.load(i)
                 break
             except DecodeError as err:
+                last = err
                 if self.files[i] not in self._warned:
                     self._warned.add(self.files[i])
                     warnings.warn(f"skipping unreadable image: {err}", stacklevel=2)
                 i = (i + 1) % n
         else:
-            raise RuntimeError(
-                f"{_MAX_CONSECUTIVE_FAILURES} consecutive unreadable images near {index}"
-            )
+            raise self._unreadable(tries, index, last)
         item = self.transform(image, labels)
         item["index"] = i
         if self.labels is not None:
             item["label"] = int(self.labels[i])
         return item
 
+    def _unreadable(self, tries: int, index: int, last: Exception) -> UnreadableImagesError:
+        where = getattr(self, "root", None) or self.files[index % len(self.files)].parent
+        if tries == len(self.files):
+            what = f"none of the {tries} image files in {where} can be read"
+        else:
+            what = f"{tries} consecutive unreadable image files in {where} from item {index}"
+        return UnreadableImagesError(
+            f"{what} (last: {last}); is this the right folder? Images are files ending in "
+            f"{_extensions()}"
+        )
+
+
+def _warn_skipped(root, skipped: list) -> None:
+    if skipped:
+        shown = "; ".join(f"{p}: {why}" for p, why in skipped[:5])
+        more = f" (and {len(skipped) - 5} more)" if len(skipped) > 5 else ""
+        warnings.warn(f"{root}: skipped {len(skipped)} entries: {shown}{more}", stacklevel=3)
+
 
 class ImageFolderDataset(ImageListDataset):
-    """All images under ``root`` (recursive, sorted). Cache keys are relative to ``root``."""
+    """All images under ``root`` (recursive, sorted). Cache keys are relative to ``root``.
+    ``skipped`` lists the ``(path, reason)`` of entries named like images that are not files
+    (see :func:`scan_images`); they are also reported in one warning."""
 
     def __init__(self, root, masks: Any = "fh", transform=None, **kwargs):
         self.root = Path(root)
         kwargs.setdefault("data_root", self.root)
-        super().__init__(scan_images(root), masks, transform, **kwargs)
+        self.skipped: list[tuple[str, str]] = []
+        files = scan_images(root, self.skipped)
+        _warn_skipped(self.root, self.skipped)
+        if not files:
+            raise no_images_error(self.root)
+        super().__init__(files, masks, transform, **kwargs)
 
 
 class ImageClassTreeDataset(ImageListDataset):
@@ -203,10 +314,14 @@ class ImageClassTreeDataset(ImageListDataset):
             raise ValueError(f"{root}: no class sub-folders")
         self.class_to_idx = {c: k for k, c in enumerate(self.classes)}
         files, labels = [], []
+        self.skipped: list[tuple[str, str]] = []
         for c in self.classes:
-            found = scan_images(self.root / c)
+            found = scan_images(self.root / c, self.skipped)
             files += found
             labels += [self.class_to_idx[c]] * len(found)
+        _warn_skipped(self.root, self.skipped)
+        if not files:
+            raise no_images_error(self.root)
         kwargs.setdefault("data_root", self.root)
         super().__init__(files, masks, transform, labels=labels, **kwargs)
 

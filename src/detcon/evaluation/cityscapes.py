@@ -22,7 +22,7 @@ import torch
 from PIL import Image
 
 from detcon.evaluation.metrics import IGNORE_INDEX
-from detcon.evaluation.voc import read_label_png, to_normalized_tensor
+from detcon.evaluation.voc import apply_paired, read_label_png, to_normalized_tensor
 
 # label id -> train id for the 19 evaluated classes (Cityscapes "labels.py" definitions)
 LABEL_TO_TRAIN_ID = {
@@ -158,7 +158,7 @@ class CityscapesSegmentation(torch.utils.data.Dataset):
         img = to_normalized_tensor(image)
         target = torch.from_numpy(mask)
         if self.transform is not None:
-            img, target = self.transform(img, target)
+            img, target = apply_paired(self.transform, img, target, i)
         return img, target
 
 

@@ -8,12 +8,13 @@ no area are skipped for training.
 
 from __future__ import annotations
 
-import random
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
+
+from detcon.evaluation.voc import ItemRandom
 
 
 class CocoInstances(torch.utils.data.Dataset):
@@ -39,7 +40,7 @@ class CocoInstances(torch.utils.data.Dataset):
         if not ids:
             raise ValueError(f"{ann_file}: no images{' with usable annotations' if train else ''}")
         self.ids, self.train = ids, train
-        self.rng = random.Random(seed)
+        self.item_rng = ItemRandom(seed)  # per item and epoch: safe with DataLoader workers
 
     @staticmethod
     def _usable(anns) -> bool:
@@ -87,7 +88,7 @@ class CocoInstances(torch.utils.data.Dataset):
             "image_id": image_id,
         }
         img = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1)
-        if self.train and self.rng.random() < 0.5:
+        if self.train and self.item_rng(i).random() < 0.5:
             img, target["masks"] = img.flip(-1), target["masks"].flip(-1)
             b = target["boxes"]
             target["boxes"] = torch.stack([w - b[:, 2], b[:, 1], w - b[:, 0], b[:, 3]], dim=1)

@@ -24,6 +24,32 @@ from detcon.evaluation.features import IMAGENET_MEAN, IMAGENET_STD
 from detcon.evaluation.metrics import IGNORE_INDEX
 
 
+class ItemRandom:
+    """Per-item ``random.Random`` streams for the augmentations of an evaluation dataset.
+
+    One shared ``random.Random(seed)`` is copied into every DataLoader worker (and re-copied
+    each epoch), so with 2 workers the draws come in pairs and repeat every epoch. Instead,
+    item ``index`` is augmented with ``random.Random(item_seed(seed ^ base, draw, index))``
+    (:func:`detcon.engine.data.item_seed`): ``draw`` counts how often this process has drawn
+    that index (0 in the first epoch, then 1, ...), and ``base`` is the DataLoader's base seed
+    of the current workers (drawn from the main process's torch RNG when the workers start,
+    i.e. every epoch without persistent workers; 0 in the main process). Items differ from each
+    other, epochs differ, and a run seeded with ``torch.manual_seed`` is reproducible."""
+
+    def __init__(self, seed: int | None = None):
+        self.seed = random.randrange(2**63) if seed is None else int(seed)
+        self._draws: dict[int, int] = {}
+
+    def __call__(self, index: int) -> random.Random:
+        from detcon.engine.data import item_seed
+
+        info = torch.utils.data.get_worker_info()
+        base = 0 if info is None else int(info.seed) - int(info.id)
+        draw = self._draws.get(index, 0)
+        self._draws[index] = draw + 1
+        return random.Random(item_seed(self.seed ^ base, draw, index))
+
+
 class VOCSegmentation(torch.utils.data.Dataset):
     """Items ``(image float[3,H,W] normalised, mask int64[H,W])`` after ``transform``.
 
@@ -53,8 +79,15 @@ class VOCSegmentation(torch.utils.data.Dataset):
         img = to_normalized_tensor(image)
         target = torch.from_numpy(mask)
         if self.transform is not None:
-            img, target = self.transform(img, target)
+            img, target = apply_paired(self.transform, img, target, i)
         return img, target
+
+
+def apply_paired(transform, img: torch.Tensor, target: torch.Tensor, index: int):
+    """``transform(img, target)``; a :class:`TrainTransform` draws from its per-item stream."""
+    if isinstance(transform, TrainTransform):
+        return transform(img, target, rng=transform.item_rng(index))
+    return transform(img, target)
 
 
 def read_label_png(path: Path, image: Image.Image | None = None) -> np.ndarray:
@@ -83,14 +116,20 @@ def to_normalized_tensor(image: Image.Image) -> torch.Tensor:
 class TrainTransform:
     """Random scale in ``scale_range``, pad to ``crop`` (image 0 = mean colour, mask 255),
     random ``crop`` x ``crop`` window, horizontal flip; geometry shared by image and mask,
-    bilinear for the image and nearest for the mask."""
+    bilinear for the image and nearest for the mask.
+
+    Datasets call it with ``rng=transform.item_rng(index)`` (an :class:`ItemRandom` stream per
+    item and epoch, safe with DataLoader workers); a direct call without ``rng`` draws from
+    one ``random.Random(seed)``."""
 
     def __init__(self, crop: int, scale_range=(0.5, 2.0), seed: int | None = None):
         self.crop, self.scale_range = crop, scale_range
         self.rng = random.Random(seed)
+        self.item_rng = ItemRandom(seed)
 
-    def __call__(self, img: torch.Tensor, mask: torch.Tensor):
-        s = self.rng.uniform(*self.scale_range)
+    def __call__(self, img: torch.Tensor, mask: torch.Tensor, rng: random.Random | None = None):
+        rng = self.rng if rng is None else rng
+        s = rng.uniform(*self.scale_range)
         h, w = mask.shape
         nh, nw = max(1, round(h * s)), max(1, round(w * s))
         img = F.interpolate(img[None], (nh, nw), mode="bilinear", align_corners=False)[0]
@@ -99,10 +138,10 @@ class TrainTransform:
         if ph or pw:
             img = F.pad(img, (0, pw, 0, ph), value=0.0)
             mask = F.pad(mask, (0, pw, 0, ph), value=IGNORE_INDEX)
-        top = self.rng.randint(0, mask.shape[0] - self.crop)
-        left = self.rng.randint(0, mask.shape[1] - self.crop)
+        top = rng.randint(0, mask.shape[0] - self.crop)
+        left = rng.randint(0, mask.shape[1] - self.crop)
         img = img[:, top : top + self.crop, left : left + self.crop]
         mask = mask[top : top + self.crop, left : left + self.crop]
-        if self.rng.random() < 0.5:
+        if rng.random() < 0.5:
             img, mask = img.flip(-1), mask.flip(-1)
         return img.contiguous(), mask.contiguous()

@@ -248,7 +248,10 @@ def build_generator(spec: str | dict | MaskGenerator) -> MaskGenerator:
     else:
         raise TypeError(f"generator spec must be str, dict or MaskGenerator, got {type(spec)}")
     if name not in _BUILDERS:
-        raise ValueError(f"unknown mask generator {name!r}; choose one of {sorted(_BUILDERS)}")
+        raise ValueError(
+            f"unknown mask generator {name!r}; choose one of {sorted(_BUILDERS)} (coco ground "
+            "truth needs the instances JSON: detcon.masks.coco.CocoMasks)"
+        )
     try:
         return _BUILDERS[name](**kwargs)
     except TypeError as err:
