@@ -38,7 +38,7 @@ def test_linear_and_knn_cli(tmp_path):
     assert res["protocol"] == "linear" and res["backbone_unchanged"] is True
     assert res["config"]["num_train"] == 18 and res["config"]["num_val"] == 18
     assert res["metrics"]["top1"] >= 0.8  # colour classes are easy even for a random net
-    assert res["metrics"]["top5"] == 1.0
+    assert "top5" not in res["metrics"]  # 3 classes: a top-5 would always be 1.0
 
     out = tmp_path / "knn.json"
     assert (

@@ -121,3 +121,27 @@ def test_bad_choices_are_refused_at_load():
     ):
         with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
             load_config(None, [f"{key}={value}"])
+
+
+def test_training_loss_distinct_path_equals_the_official_one():
+    """loss.distinct (default) on the network's own mask-pooled rows = the official loss."""
+    cfg, online, target = _models("masks.num_masks=8")
+    assert cfg.loss.distinct is True
+    g = torch.Generator().manual_seed(2)
+    views = tuple(torch.randn(4, 3, 64, 64, generator=g) for _ in range(2))
+    regions = tuple(torch.randint(0, 3, (4, 64, 64), generator=g) for _ in range(2))
+    cells, ids = prepare_masks(*regions, 8, (2, 2), g)
+    losses, grads = [], []
+    for distinct in (True, False):
+        cfg.loss.distinct = distinct
+        loss, reported, _ = forward_loss(online, target, views, cells, ids, cfg)
+        online.zero_grad()
+        loss.backward()
+        losses.append(reported)
+        grads.append(
+            {n: p.grad.clone() for n, p in online.named_parameters() if p.grad is not None}
+        )
+    torch.testing.assert_close(losses[0], losses[1], rtol=1e-5, atol=1e-6)
+    scale = max(float(g.abs().max()) for g in grads[1].values())
+    for name, g1 in grads[1].items():
+        assert float((grads[0][name] - g1).abs().max()) / scale < 1e-4, name

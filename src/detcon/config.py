@@ -135,6 +135,11 @@ class LossConfig:
     """Softmax temperature tau (official 0.1)."""
     local_negatives: bool = True
     """Use other masks of the same image as negatives (official True)."""
+    distinct: bool = True
+    """Compute the DetCon loss over distinct (image, id) pairs with their draw counts
+    (``detcon_loss(distinct=True)``): the official value and gradients (mask-pooled rows of one
+    id are equal vectors), with logits a few times smaller in each dimension. False runs the
+    official computation on all ``B*K`` rows and ``2*N*K`` columns (a reference)."""
 
 
 @dataclass

@@ -144,6 +144,7 @@ def forward_loss(model, target, views, cells, ids, cfg, labels=None):
         temperature=cfg.loss.temperature,
         local_negatives=cfg.loss.local_negatives,
         batch_offset=dist.rank() * view_a.shape[0],
+        distinct=cfg.loss.distinct,
     )
     return _with_probe(contrastive, logits, labels)
 

@@ -10,9 +10,10 @@ IGNORE_INDEX = 255  # PASCAL VOC "void" label (object borders, difficult regions
 def topk_accuracy(scores: torch.Tensor, labels: torch.Tensor, ks=(1, 5)) -> dict[str, float]:
     """Fraction of rows whose true label is among the ``k`` highest scores, for each ``k``.
 
-    ``scores`` [M, num_classes] float, ``labels`` [M] long. ``k`` larger than the number of
-    classes is clipped (top-5 on a 3-class problem is top-3, i.e. 1.0). Ties are broken by
-    ``torch.topk``'s order. Returns ``{"top1": ..., "top5": ...}`` in [0, 1].
+    ``scores`` [M, num_classes] float, ``labels`` [M] long. A ``k`` (other than 1) that is not
+    below the number of classes is left out: it would always be 1.0 (no ``top5`` for 5 or
+    fewer classes). Ties are broken by ``torch.topk``'s order. Returns ``{"top1": ...,
+    "top5": ...}`` in [0, 1].
     """
     if scores.ndim != 2 or labels.shape != scores.shape[:1]:
         raise ValueError(
@@ -21,6 +22,7 @@ def topk_accuracy(scores: torch.Tensor, labels: torch.Tensor, ks=(1, 5)) -> dict
     if scores.shape[0] == 0:
         raise ValueError("topk_accuracy on an empty set")
     out = {}
+    ks = [k for k in ks if k == 1 or k < scores.shape[1]]
     maxk = min(max(ks), scores.shape[1])
     top = scores.topk(maxk, dim=1).indices  # [M, maxk]
     hit = top == labels[:, None]  # [M, maxk]
