@@ -20,6 +20,7 @@ COMMANDS = {
     "show": "show",
     "eval": "evaluate",
     "export": "export",
+    "import": "import_",
 }
 
 

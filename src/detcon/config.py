@@ -112,6 +112,14 @@ class ModelConfig:
     target_init: str = "random"
     """Target network at step 0: ``random`` (official: its own random initialisation) or
     ``copy`` (a copy of the online weights, as PyTorch BYOL ports do; a deviation)."""
+    init_from: str = ""
+    """Start from existing weights (continued pretraining; not ``--resume``): a detcon
+    checkpoint, an official ``.npy`` / ``.pkl`` (as ``detcon import`` reads them), a torchvision
+    or timm ResNet state dict, or ``.safetensors``. The online network gets them before step 0
+    and the target starts as a copy of it (``model.target_init`` is then not used)."""
+    init_strict: bool = True
+    """With ``init_from``: the backbone's keys and shapes must match exactly (False: load what
+    fits and log the missing and unexpected keys)."""
     proj_hidden: int = 4096
     """Projector hidden width (official 4096)."""
     proj_dim: int = 256

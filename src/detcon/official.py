@@ -768,3 +768,45 @@ def backbone_from_converted(converted: Mapping[str, Any]) -> nn.Module:
     )
     net.load_state_dict(converted["backbone"], strict=True)
     return net.eval()
+
+
+def to_checkpoint(path: str | os.PathLike) -> dict:
+    """The detcon checkpoint dict of an official file (``kind`` ``detcon-import``, step 0):
+    ``model`` (arch, width, output stride 32, SAME padding), ``online`` and, when the file has
+    one, ``target`` state dicts in DetConNet names (backbone, projector, predictor)."""
+    from detcon import checkpoint
+
+    obj = safe_load_official(path)  # read once, no code runs
+    nets, info = {}, None
+    for which in ("online", "target"):
+        try:
+            conv = convert(obj, which)
+        except OfficialFormatError:
+            if which == "online":
+                raise
+            continue  # the DetCon release files hold one network
+        if conv["layer1_projection"]:
+            raise OfficialFormatError(
+                f"{path}: an official {conv['arch']} has a projection shortcut in its first "
+                "block group, which the torchvision layout lacks; only bottleneck nets "
+                "(resnet50 and deeper, the released ones) import as detcon checkpoints"
+            )
+        state = {f"backbone.{k}": v for k, v in conv["backbone"].items()}
+        for head in ("projector", "predictor"):
+            if conv[head] is not None:
+                state.update({f"{head}.{k}": v for k, v in conv[head].items()})
+        nets[which], info = state, conv if info is None else info
+    return {
+        "format_version": checkpoint.FORMAT_VERSION,
+        "kind": "detcon-import",
+        "step": 0,
+        "model": {
+            "backbone": info["arch"],
+            "width_multiplier": info["width_multiplier"],
+            "output_stride": 32,
+            "padding": "same",
+        },
+        "online": nets["online"],
+        "target": nets.get("target"),
+        "extra": {"source": str(path), "classifier": info["classifier"]},
+    }

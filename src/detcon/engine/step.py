@@ -20,6 +20,7 @@ from detcon.masks import downsample_masks, sample_mask_ids
 from detcon.model import DetConNet, build_backbone, make_target
 from detcon.model.backbone import set_output_stride_
 from detcon.model.heads import trunc_normal_fan_in_
+from detcon.model.init_from import init_from_
 
 EMA_METHODS = ("detcon_b", "byol")
 
@@ -66,6 +67,8 @@ def build_models(cfg, device: torch.device, num_classes: int = 0):
         pred_hidden=m.pred_hidden,
         head_init=m.init,
     )
+    if m.init_from:  # existing weights for the online network (and so for the target)
+        init_from_(net, m.init_from, strict=m.init_strict)
     if dist.is_dist():  # BN statistics over the global batch, as the official cross-replica BN
         net = convert_sync_batchnorm(net, device)
     net = net.to(device)
@@ -73,7 +76,7 @@ def build_models(cfg, device: torch.device, num_classes: int = 0):
         net = net.to(memory_format=torch.channels_last)
     target = None
     if uses_target(cfg.loss.method):  # official: the target has its own random init
-        target = make_target(net, reinit=m.target_init == "random")
+        target = make_target(net, reinit=m.target_init == "random" and not m.init_from)
     probe_classes = num_classes if cfg.train.probe else 0
     online = OnlineModel(net, probe_classes)
     if online.probe is not None and m.init == "official":
