@@ -1,9 +1,9 @@
 """Checkpoints: explicit, versioned dicts written atomically and read without unpickling.
 
-Layout of a pretraining checkpoint (``FORMAT_VERSION`` 1)::
+Layout of a pretraining checkpoint (``FORMAT_VERSION`` 2)::
 
     {
-      "format_version": 1,
+      "format_version": 2,
       "kind": "detcon-pretrain",
       "step": int,                    # optimizer steps completed
       "config": dict,                 # resolved config (plain types only)
@@ -12,7 +12,11 @@ Layout of a pretraining checkpoint (``FORMAT_VERSION`` 1)::
       "target": state_dict | None,    # EMA target (DetCon_B / BYOL), None for DetCon_S / SimCLR
       "optimizer": state_dict, "scaler": state_dict | None,
       "rng": {...}, "extra": {...},   # RNG states, data-loader position, probe head, ...
+      "checksum": "sha256:...",       # of everything else (added by save_atomic), since version 2
     }
+
+:func:`load` verifies the checksum (version 1 files have none and are accepted as they are) and
+refuses non-finite weights in ``online`` / ``target`` with :class:`CheckpointCorruptError`.
 
 Everything in it is tensors and plain Python containers, so :func:`load` uses
 ``torch.load(..., weights_only=True)``.
@@ -20,6 +24,7 @@ Everything in it is tensors and plain Python containers, so :func:`load` uses
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 from typing import Any
@@ -28,30 +33,74 @@ import torch
 
 from detcon.fileio import atomic_write
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: "checksum" key
 BACKBONE_PREFIX = "backbone."
+CHECKSUM_KEY = "checksum"
+
+
+class CheckpointCorruptError(ValueError):
+    """A checkpoint that cannot be read, whose checksum does not match its contents, or whose
+    weights are not finite. The message names the file."""
+
+
+def checksum(ckpt: dict) -> str:
+    """``"sha256:HEX"`` over every tensor's dtype, shape and raw bytes and the plain values and
+    container structure around them, in a deterministic traversal (dict keys sorted by
+    ``repr``); the top-level ``"checksum"`` key itself is left out."""
+    h = hashlib.sha256()
+    _feed(h, {k: v for k, v in ckpt.items() if k != CHECKSUM_KEY})
+    return "sha256:" + h.hexdigest()
+
+
+def _feed(h, obj: Any) -> None:
+    if isinstance(obj, torch.Tensor):
+        t = obj.detach()
+        h.update(f"T{t.dtype}{tuple(t.shape)};".encode())
+        if t.numel():
+            h.update(t.cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
+    elif isinstance(obj, dict):
+        h.update(f"D{len(obj)};".encode())
+        for key in sorted(obj, key=repr):
+            h.update(f"K{key!r};".encode())
+            _feed(h, obj[key])
+    elif isinstance(obj, list | tuple):
+        h.update(f"{'L' if isinstance(obj, list) else 'U'}{len(obj)};".encode())
+        for item in obj:
+            _feed(h, item)
+    else:  # None, bool, int, float, str, bytes, torch.dtype, ...: repr is exact for all of them
+        h.update(f"V{type(obj).__name__}:{obj!r};".encode())
 
 
 def save_atomic(obj: Any, path: str | os.PathLike) -> Path:
     """``torch.save`` to a temporary file in the same folder, fsync, then ``os.replace``.
 
-    A crash at any point leaves either the old file or the new one, never a partial file.
+    A crash at any point leaves either the old file or the new one, never a partial file. A
+    checkpoint dict (one with ``"format_version"``) is saved with a fresh ``"checksum"`` of its
+    contents (the caller's dict is not modified).
     """
     path = Path(path)
+    if isinstance(obj, dict) and "format_version" in obj:
+        obj = {**{k: v for k, v in obj.items() if k != CHECKSUM_KEY}, CHECKSUM_KEY: checksum(obj)}
     with atomic_write(path, "wb") as f:
         torch.save(obj, f)
     return path
 
 
 def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
-    """Load a checkpoint with ``weights_only=True`` and check its format version."""
+    """Load a checkpoint with ``weights_only=True``, check its format version, its checksum
+    (format version 2 on) and that the ``online`` / ``target`` weights are finite.
+
+    Raises :class:`FileNotFoundError` when ``path`` is not a file and
+    :class:`CheckpointCorruptError` when it cannot be read or fails a check.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:
-        raise ValueError(f"could not read checkpoint {path}: {err}") from err
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise CheckpointCorruptError(f"could not read checkpoint {path}: {first}") from err
     if not isinstance(ckpt, dict):
         raise ValueError(f"{path} is not a detcon checkpoint (got {type(ckpt).__name__})")
     version = ckpt.get("format_version")
@@ -60,6 +109,24 @@ def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> d
             f"{path} has format_version {version}; this detcon reads up to {FORMAT_VERSION}. "
             "Upgrade detcon."
         )
+    stored = ckpt.get(CHECKSUM_KEY)
+    if stored is None and version is not None and version >= 2:
+        raise CheckpointCorruptError(f"checkpoint {path} is damaged: its checksum is missing")
+    if stored is not None and checksum(ckpt) != stored:
+        raise CheckpointCorruptError(
+            f"checkpoint {path} is damaged: its contents do not match the checksum saved with it"
+        )
+    for which in ("online", "target"):
+        state = ckpt.get(which)
+        for key, value in (state or {}).items() if isinstance(state, dict) else ():
+            if (
+                isinstance(value, torch.Tensor)
+                and value.is_floating_point()
+                and not bool(torch.isfinite(value).all())
+            ):
+                raise CheckpointCorruptError(
+                    f"checkpoint {path} has non-finite values in {which}[{key!r}]"
+                )
     return ckpt
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -50,3 +51,30 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb", *, fsync: bool = Tru
     with atomic_path(path, fsync=fsync) as tmp, open(tmp, mode) as f:
         yield f
         f.flush()
+
+
+# the names ``atomic_path`` gives its temporary files: ".NAME.XXXXXXXX.tmpSUFFIX" (mkstemp's
+# 8 random characters from [a-z0-9_])
+_TEMP_NAME = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp(\.[^.]+)?$")
+
+
+def is_temp_name(name: str) -> bool:
+    """Whether ``name`` is a temporary file name of :func:`atomic_path`."""
+    return bool(_TEMP_NAME.match(name))
+
+
+def remove_stale_temps(folder: str | os.PathLike) -> list[Path]:
+    """Remove the temporary files :func:`atomic_path` left in ``folder`` (not recursive) when a
+    process was killed mid-write; returns the removed paths. Call it only when nothing is being
+    written to ``folder`` (e.g. at the start of a run, on rank 0)."""
+    folder, removed = Path(folder), []
+    if not folder.is_dir():
+        return removed
+    for p in sorted(folder.iterdir()):
+        if is_temp_name(p.name) and p.is_file() and not p.is_symlink():
+            try:
+                p.unlink()
+            except FileNotFoundError:
+                continue
+            removed.append(p)
+    return removed

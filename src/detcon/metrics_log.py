@@ -36,6 +36,13 @@ class _StderrHandler(logging.StreamHandler):
     def stream(self, value):
         pass
 
+    def handleError(self, record: logging.LogRecord) -> None:
+        """A terminal or pipe that has gone away (``| tee`` killed by the same Ctrl-C, a closed
+        stderr) drops the record quietly: the run must still reach its final save."""
+        if isinstance(sys.exc_info()[1], OSError | ValueError):
+            return
+        super().handleError(record)
+
 
 def setup_logging(level: int = logging.INFO) -> None:
     """One stderr handler on the ``detcon`` logger, filtered to rank 0; idempotent."""

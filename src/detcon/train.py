@@ -17,12 +17,23 @@ from detcon import checkpoint
 from detcon import distributed as dist
 from detcon.config import WHOLE_IMAGE_METHODS, Config, resolve, save_yaml
 from detcon.engine.data import build_dataset, build_loader, num_classes
-from detcon.engine.state import BufferGuard, StopFlag, find_resume, make_checkpoint, restore
+from detcon.engine.state import (
+    BufferGuard,
+    ResumeMismatchError,
+    StopFlag,
+    check_fresh_start,
+    check_resume_config,
+    make_checkpoint,
+    restore,
+    select_resume,
+)
 from detcon.engine.step import build_models, forward_loss, mask_generator, prepare_masks
+from detcon.fileio import remove_stale_temps
 from detcon.metrics_log import (
     MetricsWriter,
     Throughput,
     memory_mb,
+    read_metrics,
     save_loss_curve,
     save_mask_figure,
     setup_logging,
@@ -90,20 +101,59 @@ def _to_device(batch: dict, device, channels_last: bool):
     return views, masks, labels, uniforms
 
 
-def train(cfg: Config, dataset=None) -> dict:
+def _last_logged_loss(ckpt: dict, run_dir: Path, step: int) -> float:
+    """The loss a resumed run had last logged: the checkpoint's ``extra.loss``, else the last
+    ``metrics.jsonl`` record up to ``step``, else NaN."""
+    loss = (ckpt.get("extra") or {}).get("loss")
+    if loss is not None:
+        return float(loss)
+    try:
+        rows = [r for r in read_metrics(run_dir / "metrics.jsonl") if r.get("step", 0) <= step]
+        return float(rows[-1]["loss"]) if rows else float("nan")
+    except (OSError, ValueError, KeyError, TypeError):
+        return float("nan")
+
+
+def _open_progress(**kwargs) -> tqdm:
+    try:
+        return tqdm(**kwargs)
+    except (OSError, ValueError):  # the terminal / pipe is already gone
+        return tqdm(**{**kwargs, "disable": True})
+
+
+def train(cfg: Config, dataset=None, *, overwrite: bool = False) -> dict:
     """Run (or resume) pretraining; returns a summary dict (run_dir, checkpoint, step, loss,
-    stopped, seconds). ``dataset`` overrides ``cfg.data`` (tests)."""
+    stopped, finished_before, seconds). ``dataset`` overrides ``cfg.data`` (tests).
+
+    With ``train.resume=never`` a run folder that already holds a run (``last.pt``,
+    ``step_*.pt`` or a non-empty ``metrics.jsonl``) is refused with
+    :class:`~detcon.engine.state.RunExistsError`, unless ``overwrite``: the old run's files are
+    then moved into ``RUN_DIR/replaced-YYYYmmdd-HHMMSS/``."""
     setup_logging()
     dist.init_from_env()
     rank, world, main = dist.rank(), dist.world_size(), dist.is_main()
+    run_dir = Path(cfg.train.out)
+    check_fresh_start(cfg, overwrite, move_aside=main)  # before anything is written
     device = pick_device(cfg.train.device)
     start_time = time.perf_counter()
     # ---- data
     dataset = build_dataset(cfg) if dataset is None else dataset
     resolve(cfg, len(dataset), world)
     t, o = cfg.train, cfg.optim
+    # ---- the checkpoint to resume from, checked against this config before anything is built
+    resume_from, resume_ckpt = select_resume(cfg)
+    if resume_ckpt is not None:
+        check_resume_config(cfg, resume_ckpt, resume_from)
+    if main:
+        stale = remove_stale_temps(run_dir)
+        if stale:
+            log.info(
+                "removed %d stale temporary file(s) of an interrupted save in %s: %s",
+                len(stale),
+                run_dir,
+                ", ".join(p.name for p in stale),
+            )
     loader, sampler = build_loader(dataset, cfg, rank, world, device)
-    run_dir = Path(t.out)
     # ---- model, optimizer
     online, target = build_models(cfg, device, num_classes(dataset))
     optimizer = build_optimizer(cfg, online)
@@ -116,16 +166,26 @@ def train(cfg: Config, dataset=None) -> dict:
         model = torch.compile(model)
         target = torch.compile(target) if target is not None else None
     # ---- resume
-    step, resume_from = 0, find_resume(cfg)
-    if resume_from is not None:
-        step = restore(
-            checkpoint.load(resume_from),
-            online,
-            dist.unwrap(target) if target else None,
-            optimizer,
-            scaler,
-        )
+    step, loss_val = 0, float("nan")
+    if resume_ckpt is not None:
+        try:
+            step = restore(
+                resume_ckpt,
+                online,
+                dist.unwrap(target) if target else None,
+                optimizer,
+                scaler,
+            )
+        except RuntimeError as err:  # load_state_dict: missing / unexpected keys, shapes
+            detail = " ".join(str(err).split())
+            raise ResumeMismatchError(
+                f"cannot resume from {resume_from}: its weights do not fit this model: "
+                f"{detail[:300]}{'...' if len(detail) > 300 else ''}"
+            ) from err
+        loss_val = _last_logged_loss(resume_ckpt, run_dir, step)
+        del resume_ckpt
         log.info("resumed from %s at step %d", resume_from, step)
+    finished_before = resume_from is not None and step >= t.total_steps
     if main:
         save_yaml(cfg, run_dir / "config.yaml")
         log.info(
@@ -138,21 +198,46 @@ def train(cfg: Config, dataset=None) -> dict:
             device,
             world,
         )
+        images = t.total_steps * cfg.data.batch_size
+        log.info(
+            "plan: %d steps = %.1f epochs of %d images, %d images seen%s",
+            t.total_steps,
+            t.total_steps / t.steps_per_epoch,
+            t.steps_per_epoch * cfg.data.batch_size,
+            images,
+            f" (from step {step}: {max(t.total_steps - step, 0)} to go)" if step else "",
+        )
 
     def save(name: str = "last.pt") -> Path | None:
         if not main:
             return None
         ckpt = make_checkpoint(
-            cfg, step, online, dist.unwrap(target) if target else None, optimizer, scaler
+            cfg,
+            step,
+            online,
+            dist.unwrap(target) if target else None,
+            optimizer,
+            scaler,
+            loss=loss_val,
         )
         return checkpoint.save_atomic(ckpt, run_dir / name)
+
+    def terminal(fn, *args, **kwargs) -> None:
+        """Progress-bar output, which must neither stop training nor its final save when the
+        terminal or the pipe (``| tee``) has gone away: the bar is switched off instead."""
+        if pbar.disable:
+            return
+        try:
+            fn(*args, **kwargs)
+        except (OSError, ValueError):  # BrokenPipeError, EIO, write to a closed file
+            pbar.disable = True
 
     # ---- loop
     side = cfg.data.image_size // cfg.model.output_stride
     grid, whole = (side, side), cfg.loss.method in WHOLE_IMAGE_METHODS
     stop, writer = StopFlag(), MetricsWriter(run_dir, start_step=step)
     guard = BufferGuard(online, target)
-    pbar = tqdm(
+    pbar = _open_progress(
         total=t.total_steps,
         initial=step,
         disable=not (main and t.progress),
@@ -160,7 +245,7 @@ def train(cfg: Config, dataset=None) -> dict:
         dynamic_ncols=True,
     )
     epoch, skip = divmod(step, t.steps_per_epoch)
-    session_steps, stopped, loss_val, drew_masks = 0, False, float("nan"), None
+    session_steps, stopped, drew_masks = 0, False, None
     meter = Throughput(cfg.data.batch_size)
     try:
         while step < t.total_steps and not stopped:
@@ -202,7 +287,7 @@ def train(cfg: Config, dataset=None) -> dict:
                 if target is not None:
                     ema_update_(dist.unwrap(target), online.net, tau)
                 step, session_steps, meter.steps = step + 1, session_steps + 1, meter.steps + 1
-                pbar.update(1)
+                terminal(pbar.update, 1)
                 if step % t.log_every == 0 or step == t.total_steps:
                     loss_val = dist.reduce_mean(con).item()
                     record = {
@@ -217,18 +302,20 @@ def train(cfg: Config, dataset=None) -> dict:
                     if acc is not None:
                         record["probe_acc"] = dist.reduce_mean(acc).item()
                     writer.write(record)
-                    pbar.set_postfix(loss=f"{loss_val:.4f}", lr=f"{lr:.3g}")
+                    terminal(pbar.set_postfix, loss=f"{loss_val:.4f}", lr=f"{lr:.3g}")
                 if t.keep_every and step % t.keep_every == 0:
                     save(f"step_{step:07d}.pt")
                 stopped = signalled or (t.stop_after > 0 and session_steps >= t.stop_after)
                 if step % t.ckpt_every == 0 or step == t.total_steps or stopped:
-                    save()
+                    path = save()  # first save, then talk about it
+                    if signalled and path is not None:
+                        log.warning("stopped by a signal at step %d: saved %s", step, path)
                 if stopped or step >= t.total_steps:
                     break
             epoch, skip = epoch + 1, 0
     finally:
         stop.close()
-        pbar.close()
+        terminal(pbar.close)
         writer.close()
     if main and (run_dir / "metrics.jsonl").exists():
         save_loss_curve(run_dir / "metrics.jsonl", run_dir / "loss.png")
@@ -239,5 +326,6 @@ def train(cfg: Config, dataset=None) -> dict:
         "step": step,
         "loss": loss_val,
         "stopped": stopped,
+        "finished_before": finished_before,
         "seconds": time.perf_counter() - start_time,
     }

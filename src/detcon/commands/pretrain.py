@@ -44,7 +44,20 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     length.add_argument("--steps", type=int)
     length.add_argument("--epochs", type=int)
     p.add_argument("--out", help="run folder")
-    p.add_argument("--resume", action="store_true", help="continue from RUN_DIR/last.pt if any")
+    start = p.add_mutually_exclusive_group()
+    start.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from RUN_DIR/last.pt (or, if it is missing or damaged, the newest kept "
+        "step_*.pt that loads); a new or empty RUN_DIR starts from step 0",
+    )
+    start.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start afresh in a RUN_DIR that already holds a run: its files (last.pt, step_*.pt, "
+        "metrics.jsonl, tb/, config.yaml, pictures) are MOVED into RUN_DIR/replaced-DATE-TIME/, "
+        "not deleted. Without --resume or --overwrite such a RUN_DIR is refused",
+    )
     p.add_argument("--list-recipes", action="store_true", help="print the shipped recipes")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="e.g. optim.base_lr=0.3")
     p.set_defaults(func=run)
@@ -86,11 +99,15 @@ def run(args) -> int:
         log.error("config error: %s", err)
         return 2
     from detcon import distributed
+    from detcon.checkpoint import CheckpointCorruptError
+    from detcon.engine.state import ResumeError
     from detcon.train import NonFiniteLossError, train
 
+    main = True
     try:
-        summary = train(cfg)
-    except (ConfigError, FileNotFoundError) as err:
+        summary = train(cfg, overwrite=getattr(args, "overwrite", False))
+        main = distributed.is_main()  # before destroy(): afterwards every rank says rank 0
+    except (ConfigError, FileNotFoundError, ResumeError, CheckpointCorruptError) as err:
         log.error("%s", err)
         return 2
     except NonFiniteLossError as err:
@@ -98,17 +115,26 @@ def run(args) -> int:
         return 3
     finally:
         distributed.destroy()
+    if not main:  # under torchrun only rank 0 prints the summary
+        return 0
     run_dir = summary["run_dir"]
-    state = "stopped early (resume with --resume)" if summary["stopped"] else "finished"
+    if summary.get("finished_before"):
+        state = "already finished"
+    elif summary["stopped"]:
+        state = "stopped early (resume with --resume)"
+    else:
+        state = "finished"
+    loss = summary["loss"]
+    loss_text = "no loss logged" if loss != loss else f"last logged loss {loss:.4f}"  # NaN
     log.info(
-        "%s at step %d in %.1f s (last logged loss %.4f)\n"
+        "%s at step %d in %.1f s (%s)\n"
         "  checkpoint:   %s\n  config:       %s/config.yaml\n  metrics:      %s/metrics.jsonl "
         "(TensorBoard: tensorboard --logdir %s/tb)\n  mask picture: %s/masks.png\n"
         "  loss curve:   %s/loss.png",
         state,
         summary["step"],
         summary["seconds"],
-        summary["loss"],
+        loss_text,
         summary["checkpoint"],
         run_dir,
         run_dir,
