@@ -98,6 +98,12 @@ class FHGenerator(MaskGenerator):
     weights, which are colour differences and do not change with resolution); the labels are
     then upsampled back to full resolution with nearest neighbour. Much faster on large
     photographs, at the price of slightly blockier boundaries.
+
+    ``kernel``: ``"fast"`` (default) runs :func:`detcon.masks.fh_fast.felzenszwalb_fast`,
+    whose label maps are identical to scikit-image's (same preprocessing, edge order, sort and
+    merges; 3x its speed on one core, less memory) and which falls back to scikit-image when
+    numba is missing; ``"skimage"`` calls scikit-image. The output does not depend on it, so it
+    is not part of ``params`` (nor of a cache's key).
     """
 
     name = "fh"
@@ -108,7 +114,11 @@ class FHGenerator(MaskGenerator):
         sigma: float = 0.8,
         min_size: int = 1000,
         max_side: int | None = None,
+        kernel: str = "fast",
     ):
+        if kernel not in ("fast", "skimage"):
+            raise ValueError(f"FH kernel must be 'fast' or 'skimage', got {kernel!r}")
+        self.kernel = kernel
         if scale <= 0 or sigma < 0 or min_size < 0:
             raise ValueError(f"invalid FH params scale={scale} sigma={sigma} min_size={min_size}")
         if max_side is not None and max_side < 8:
@@ -119,7 +129,10 @@ class FHGenerator(MaskGenerator):
             self.params["max_side"] = int(max_side)
 
     def _generate(self, image: np.ndarray) -> np.ndarray:
-        from skimage.segmentation import felzenszwalb
+        if self.kernel == "fast":
+            from detcon.masks.fh_fast import felzenszwalb_fast as felzenszwalb
+        else:
+            from skimage.segmentation import felzenszwalb
 
         h, w = image.shape[:2]
         if self.max_side is None or max(h, w) <= self.max_side:
