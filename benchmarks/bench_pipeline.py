@@ -132,7 +132,12 @@ def main(argv=None) -> int:
         print(f"  {row['pipeline']:<34} {row['images_per_s_per_core']:>10.2f} "
               f"{row['relative_to_plain']:>9.3f}")  # fmt: skip
     if args.json:
-        out = {"machine": machine(), "photometric": args.photometric, "antialias": args.antialias, "rows": rows}
+        out = {
+            "machine": machine(),
+            "photometric": args.photometric,
+            "antialias": args.antialias,
+            "rows": rows,
+        }
         Path(args.json).write_text(json.dumps(out, indent=1))
         print(f"wrote {args.json}")
     return 0
