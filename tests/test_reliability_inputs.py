@@ -468,3 +468,35 @@ def test_cityscapes_augmentations_differ_between_items_with_workers(tmp_path):
 def test_pretrain_cli_out_of_range_is_exit_2(tmp_path, argv, caplog):
     assert main(["pretrain", *argv, f"train.out={tmp_path / 'run'}"]) == 2
     assert not (tmp_path / "run").exists()
+
+
+def test_mask_cache_entries_ignore_and_masks_removes_temp_files(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from detcon.cli import main
+    from detcon.masks.cache import MaskCache
+
+    data = tmp_path / "imgs"
+    data.mkdir()
+    for i in range(3):
+        Image.fromarray(np.full((32, 32, 3), 40 * i, np.uint8)).save(data / f"{i}.png")
+    cache_dir = tmp_path / "cache"
+    assert main(["masks", str(data), "--out", str(cache_dir), "--method", "grid", "--quiet"]) == 0
+    cache = MaskCache(cache_dir)
+    entry = next(cache.folder.glob("*/*.npz"))
+    stale = entry.with_name(f".{entry.name}.abcd1234.tmp.npz")  # a kill during a write
+    stale.write_bytes(entry.read_bytes())
+    assert len(list(cache.entries())) == 3  # a temp file is never an entry
+    assert main(["masks", str(data), "--out", str(cache_dir), "--method", "grid", "--quiet"]) == 0
+    assert not stale.exists() and entry.exists()
+
+
+def test_pretrain_steps_and_epochs_must_be_positive(capsys):
+    from detcon.cli import main
+
+    for flag in ("--steps", "--epochs"):
+        with pytest.raises(SystemExit) as err:
+            main(["pretrain", flag, "0"])
+        assert err.value.code == 2
+        assert "must be >= 1" in capsys.readouterr().err

@@ -196,6 +196,9 @@ def run(args) -> int:
     generator = build_method(args)
     cache = MaskCache(args.out, generator, data_root=data)
     cache.write_info()
+    stale = cache.remove_stale_temps()  # left by a killed run: never entries, never kept
+    if stale:
+        print(f"removed {stale} temporary file(s) of an interrupted run")
     workers = args.workers if args.workers > 0 else (os.cpu_count() or 1)
     print(
         f"{len(files)} images in {data} (shard {args.shard}/{args.num_shards}); "

@@ -26,6 +26,13 @@ FLAG_KEYS = {
 }
 
 
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
 def add_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "pretrain",
@@ -41,8 +48,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--image-size", type=int)
     p.add_argument("--batch-size", type=int, help="GLOBAL batch over all processes")
     length = p.add_mutually_exclusive_group()
-    length.add_argument("--steps", type=int)
-    length.add_argument("--epochs", type=int)
+    length.add_argument("--steps", type=_positive, help="optimizer steps (>= 1)")
+    length.add_argument("--epochs", type=_positive, help="epochs (>= 1)")
     p.add_argument("--out", help="run folder")
     start = p.add_mutually_exclusive_group()
     start.add_argument(

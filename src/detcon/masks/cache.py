@@ -180,9 +180,20 @@ class MaskCache:
         if not self.folder.is_dir():
             return
         for entry in sorted(self.folder.glob("*/*.npz")):
+            if entry.name.startswith("."):  # a temporary file of an interrupted write
+                continue
             got = self._read(entry)
             if got is not None:
                 yield got[1]
+
+    def remove_stale_temps(self) -> int:
+        """Remove the temporary files that writes killed midway left in this generator's
+        folder; returns how many. Only when no other process writes to this cache."""
+        from detcon.fileio import remove_stale_temps
+
+        if not self.folder.is_dir():
+            return 0
+        return sum(len(remove_stale_temps(sub)) for sub in self.folder.iterdir() if sub.is_dir())
 
     def __repr__(self) -> str:
         return f"MaskCache({str(self.root)!r}, generator={self.name}{self.params})"
