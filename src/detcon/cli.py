@@ -38,6 +38,8 @@ class _CommandParser(argparse.ArgumentParser):
         self._mixing = True  # parse_known_intermixed_args calls parse_known_args itself
         try:
             return self.parse_known_intermixed_args(args, namespace)
+        except argparse.ArgumentError as err:  # raised, not reported, on the intermixed path
+            self.error(str(err))
         finally:
             self._mixing = False
 
