@@ -140,3 +140,18 @@ def test_output_stride_must_be_8_16_or_32(tmp_path):
 
     with pytest.raises(ConfigError, match="model.output_stride"):
         resolve(tiny_cfg(tmp_path, "model.output_stride=12"), dataset_size=8)
+
+
+def test_compiled_networks_train_save_and_resume(tmp_path, monkeypatch):
+    """train.compile=true: a few steps, a checkpoint, a resume. Dynamo traces for real; the
+    eager backend skips inductor's code generation (minutes on 2 cores)."""
+    import functools
+
+    monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend="eager"))
+    cfg = tiny_cfg(tmp_path, "train.steps=2", "train.compile=true", "train.ckpt_every=1")
+    assert train(cfg)["step"] == 2
+    ckpt = checkpoint.load(tmp_path / "last.pt")
+    assert ckpt["step"] == 2 and not any("_orig_mod" in k for k in ckpt["online"])
+    assert not any("_orig_mod" in k for k in ckpt["target"])
+    cfg = tiny_cfg(tmp_path, "train.steps=3", "train.compile=true", "train.resume=auto")
+    assert train(cfg)["step"] == 3

@@ -172,7 +172,7 @@ def train(cfg: Config, dataset=None, *, overwrite: bool = False) -> dict:
             step = restore(
                 resume_ckpt,
                 online,
-                dist.unwrap(target) if target else None,
+                dist.unwrap(target) if target is not None else None,
                 optimizer,
                 scaler,
             )
@@ -215,7 +215,7 @@ def train(cfg: Config, dataset=None, *, overwrite: bool = False) -> dict:
             cfg,
             step,
             online,
-            dist.unwrap(target) if target else None,
+            dist.unwrap(target) if target is not None else None,
             optimizer,
             scaler,
             loss=loss_val,
