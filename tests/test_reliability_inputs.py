@@ -504,3 +504,34 @@ def test_pretrain_steps_and_epochs_must_be_positive(capsys):
             main(["pretrain", flag, "0"])
         assert err.value.code == 2
         assert "must be >= 1" in capsys.readouterr().err
+
+
+def test_a_mask_cache_of_another_folder_is_refused_up_front(tmp_path, capsys):
+    import numpy as np
+    from PIL import Image
+
+    from detcon.cli import main
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    for folder, shade in ((a, 30), (b, 200)):
+        folder.mkdir()
+        for i in range(4):
+            img = np.full((64, 64, 3), shade + 10 * i, np.uint8)
+            img[:32] = 255 - img[:32]
+            Image.fromarray(img).save(folder / f"{folder.name}{i}.png")
+    cache = tmp_path / "cache_a"
+    assert main(["masks", str(a), "--out", str(cache), "--method", "grid", "--quiet"]) == 0
+    tiny = ["--backbone", "resnet18", "--image-size", "64", "--batch-size", "4", "--steps", "1",
+            "model.proj_hidden=32", "model.proj_dim=16", "model.pred_hidden=32",
+            "masks.num_masks=2", "train.device=cpu", "train.progress=false",
+            "data.num_workers=0", "train.channels_last=false"]  # fmt: skip
+    run = tmp_path / "run"
+    rc = main(["pretrain", "--data", str(b), "--masks", str(cache), "--out", str(run), *tiny])
+    assert rc == 2 and not run.exists()
+    assert "no entry for 4 of 4 images" in capsys.readouterr().err
+    ok = main(["pretrain", "--data", str(a), "--masks", str(cache), "--out", str(run), *tiny])
+    assert ok == 0  # the folder it was built for is covered
+    with pytest.warns(UserWarning, match="mask missing or stale in cache, computing it"):
+        rc = main(["pretrain", "--data", str(b), "--masks", str(cache), "--out",
+                   str(tmp_path / "r2"), *tiny, "masks.compute_missing=true"])  # fmt: skip
+    assert rc == 0

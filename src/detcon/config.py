@@ -85,6 +85,9 @@ class MaskConfig:
     per image: BYOL / SimCLR), or the path of a mask cache made by ``detcon masks``."""
     num_masks: int = 16
     """K: mask ids sampled per view, with replacement, uniformly over present ids (official 16)."""
+    compute_missing: bool = False
+    """With a mask cache: images without an entry get their map computed during training
+    (True), or the run refuses before its first step, saying how many lack one (False)."""
 
 
 @dataclass

@@ -62,6 +62,7 @@ def build_pretrain_dataset(
     repeat: int = 1,
     synthetic_size: int = 64,
     seed: int = 0,
+    compute_missing: bool = True,
     **transform_kwargs,
 ):
     """Build the pretraining dataset named by ``data`` with region maps named by ``masks``.
@@ -77,6 +78,8 @@ def build_pretrain_dataset(
         coco_json: COCO instances file; ``data`` is then the images folder.
         class_tree: treat ``data`` as ``root/<class>/...`` and add ``"label"`` to items.
         repeat: repeat the file list per epoch (tiny datasets such as builtin).
+        compute_missing: with a cache folder, compute the maps of images without an entry
+            on the fly (True) or refuse up front (False; see ``ImageListDataset``).
         transform_kwargs: more :class:`TwoViewTransform` arguments, e.g. ``photometric=
             "official"`` (dm_pix colour semantics) or ``"torchvision"`` (the current default).
 
@@ -85,7 +88,7 @@ def build_pretrain_dataset(
     transform = TwoViewTransform(image_size, crop=crop, **transform_kwargs)
     data_s = str(data)
     if data_s == "builtin":
-        return BuiltinDataset(masks, transform, repeat=repeat)
+        return BuiltinDataset(masks, transform, repeat=repeat, compute_missing=compute_missing)
     if data_s.startswith("synthetic"):
         n = int(data_s.split(":", 1)[1]) if ":" in data_s else 64
         return SyntheticDataset(n, size=synthetic_size, seed=seed, transform=transform)
@@ -94,8 +97,10 @@ def build_pretrain_dataset(
             f"data {data_s!r} is not a folder; use a folder of images, 'builtin' or 'synthetic'"
         )
     if coco_json is not None:
-        return CocoDataset(data_s, coco_json, masks, transform, repeat=repeat)
+        return CocoDataset(
+            data_s, coco_json, masks, transform, repeat=repeat, compute_missing=compute_missing
+        )
     if masks == "coco":
         raise ValueError("masks='coco' needs coco_json= (the instances JSON file)")
     cls = ImageClassTreeDataset if class_tree else ImageFolderDataset
-    return cls(data_s, masks, transform, repeat=repeat)
+    return cls(data_s, masks, transform, repeat=repeat, compute_missing=compute_missing)

@@ -174,6 +174,21 @@ def _unknown_masks(masks) -> FileNotFoundError:
     )
 
 
+class MaskCoverageError(FileNotFoundError):
+    """A mask cache lacks entries for some images of the dataset (one line)."""
+
+
+def check_coverage(cache, files) -> None:
+    """Raise :class:`MaskCoverageError` when some ``files`` have no entry in ``cache``."""
+    missing = [f for f in files if not cache.path(f).is_file()]
+    if missing:
+        raise MaskCoverageError(
+            f"mask cache {cache.root} has no entry for {len(missing)} of {len(files)} images "
+            f"(e.g. {missing[0]}): built for another folder? Run `detcon masks` on this folder "
+            "into the cache, or pass masks.compute_missing=true to compute them during training"
+        )
+
+
 class ImageListDataset(Dataset):
     """Two-view dataset over an explicit list of image files.
 
@@ -185,6 +200,9 @@ class ImageListDataset(Dataset):
         repeat: the list is seen ``repeat`` times per epoch (tiny datasets).
         memo_size: region maps memoised per worker when generated on the fly.
         data_root: key root for a cache folder given by path.
+        compute_missing: with a cache, images without an entry get their map computed on
+            the fly (with a warning); False checks coverage up front and raises
+            :class:`MaskCoverageError` if any image lacks an entry (pretraining's default).
     """
 
     def __init__(
@@ -197,6 +215,7 @@ class ImageListDataset(Dataset):
         repeat: int = 1,
         memo_size: int = 256,
         data_root=None,
+        compute_missing: bool = True,
     ):
         self.files = [Path(f) for f in files]
         if not self.files:
@@ -207,6 +226,8 @@ class ImageListDataset(Dataset):
             raise ValueError(f"{len(labels)} labels for {len(self.files)} files")
         self.labels = labels
         self.cache, self.generator = resolve_masks(masks, data_root)
+        if self.cache is not None and not compute_missing:
+            check_coverage(self.cache, self.files)
         self.transform = transform or TwoViewTransform(image_size)
         self.repeat = int(repeat)
         self.memo_size = memo_size

@@ -113,6 +113,7 @@ def build_dataset(cfg) -> Dataset:
         crop=d.crop,
         photometric=d.photometric,
         antialias=d.antialias,
+        compute_missing=cfg.masks.compute_missing,
         coco_json=d.coco_json or None,
         class_tree=d.class_tree,
         seed=cfg.train.seed,
