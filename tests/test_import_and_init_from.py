@@ -39,6 +39,8 @@ def test_import_then_export_torchvision_loads_strictly(official_r50, tmp_path):
     model = torchvision.models.resnet50(weights=None)
     missing, unexpected = model.load_state_dict(torch.load(tv, weights_only=True), strict=False)
     assert sorted(missing) == ["fc.bias", "fc.weight"] and not unexpected
+    for fmt, name in (("safetensors", "r50.safetensors"), ("detectron2", "r50_d2.pkl")):
+        assert main(["export", str(out), "--format", fmt, "--out", str(tmp_path / name)]) == 0
 
 
 def test_import_refuses_malicious_file_without_running_it(tmp_path, capsys):
