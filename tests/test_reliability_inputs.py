@@ -535,3 +535,67 @@ def test_a_mask_cache_of_another_folder_is_refused_up_front(tmp_path, capsys):
         rc = main(["pretrain", "--data", str(b), "--masks", str(cache), "--out",
                    str(tmp_path / "r2"), *tiny, "masks.compute_missing=true"])  # fmt: skip
     assert rc == 0
+
+
+class _KillsItsProcess:
+    """A grid generator that SIGKILLs its own process on an image of value 13 (as the OS
+    kills an out-of-memory worker)."""
+
+    def __new__(cls):
+        from detcon.masks.generators import GridGenerator
+
+        class Killer(GridGenerator):
+            def _generate(self, image):
+                import os
+                import signal
+
+                if int(image[0, 0, 0]) == 13:
+                    os.kill(os.getpid(), signal.SIGKILL)
+                return super()._generate(image)
+
+        return Killer(2, 2)
+
+
+def test_a_dead_worker_skips_its_image_instead_of_hanging(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from detcon.commands.masks import generate_masks
+    from detcon.masks.cache import MaskCache
+
+    files = []
+    for i, value in enumerate([40, 13, 80, 120, 160, 200]):
+        files.append(tmp_path / f"{i}.png")
+        Image.fromarray(np.full((16, 16, 3), value, np.uint8)).save(files[-1])
+    gen = _KillsItsProcess()
+    cache = MaskCache(tmp_path / "cache", gen)
+    stats = generate_masks(files, gen, cache, workers=2, progress=False)
+    assert stats.computed == 5 and [p for p, _ in stats.skipped] == [str(files[1])]
+    assert "worker died" in stats.skipped[0][1]
+    assert all(cache.get(f) is not None for i, f in enumerate(files) if i != 1)
+
+
+def test_full_resolution_fh_skips_images_above_the_pixel_limit(tmp_path, capsys):
+    import numpy as np
+    from PIL import Image
+
+    from detcon.cli import main
+    from detcon.commands.masks import default_max_pixels
+    from detcon.masks.generators import FHGenerator, GridGenerator
+
+    data = tmp_path / "imgs"
+    data.mkdir()
+    Image.fromarray(np.zeros((100, 100, 3), np.uint8)).save(data / "big.png")
+    Image.fromarray(np.zeros((20, 20, 3), np.uint8)).save(data / "small.png")
+    out = tmp_path / "cache"
+    assert main(["masks", str(data), "--out", str(out), "--max-pixels", "0.005", "--quiet"]) == 0
+    text = capsys.readouterr().out
+    assert "images: 2  computed: 1  reused: 0  skipped: 1" in text, text
+    assert (
+        "too large for this worker's memory: 0.0 MP > --max-pixels"
+        in (out / "skipped.txt").read_text()
+    )
+    # the default comes from the available memory, per worker; none for grids or --max-side
+    assert default_max_pixels(FHGenerator(), 2) > default_max_pixels(FHGenerator(), 8) > 0
+    assert default_max_pixels(GridGenerator(), 2) == 0
+    assert default_max_pixels(FHGenerator(max_side=256), 2) == 0

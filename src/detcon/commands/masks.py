@@ -65,16 +65,56 @@ class MaskRunStats:
         return "\n".join(lines)
 
 
-def _init_pool_worker(generator, cache) -> None:
+def _init_pool_worker(generator, cache, max_pixels: int = 0) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's: no worker tracebacks
-    _init_worker(generator, cache)
+    _init_worker(generator, cache, max_pixels)
 
 
-def _init_worker(generator, cache) -> None:
+def _init_worker(generator, cache, max_pixels: int = 0) -> None:
     os.environ["OMP_NUM_THREADS"] = "1"  # one image per process; no nested thread pools
     if "torch" in sys.modules:
         sys.modules["torch"].set_num_threads(1)
-    _STATE["generator"], _STATE["cache"] = generator, cache
+    _STATE["generator"], _STATE["cache"], _STATE["max_pixels"] = generator, cache, max_pixels
+
+
+def _header_pixels(path: str) -> int:
+    """Width x height from the file header (no decode); 0 when it cannot be read."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            return int(im.width) * int(im.height)
+    except Exception:  # the decoder reports unreadable files with their reason
+        return 0
+
+
+#: Peak resident memory of full-resolution FH per megapixel, measured (bench_fh.py, 4.9 MP):
+#: 122 MiB with the default kernel, 315 MiB with scikit-image's; with a margin.
+FH_BYTES_PER_PIXEL = {"fast": 160, "skimage": 350}
+
+
+def memory_available() -> int | None:
+    """Bytes of memory available to new processes (Linux ``MemAvailable``), or None."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def default_max_pixels(generator, workers: int) -> int:
+    """The largest image (pixels) full-resolution FH may take in each of ``workers`` processes
+    without exhausting the machine's available memory (0: no limit known or needed)."""
+    if getattr(generator, "name", "") != "fh" or getattr(generator, "max_side", None):
+        return 0
+    free = memory_available()
+    if free is None:
+        return 0
+    per_pixel = FH_BYTES_PER_PIXEL.get(getattr(generator, "kernel", "fast"), 350)
+    return int(0.8 * free / max(workers, 1) / per_pixel)
 
 
 def _process(path: str) -> tuple[str, str, int | str]:
@@ -85,6 +125,18 @@ def _process(path: str) -> tuple[str, str, int | str]:
     cached = cache.get(path, dtype=None)
     if cached is not None:
         return path, "reused", int(cached.max(initial=0)) + 1
+    limit = _STATE.get("max_pixels", 0)
+    if limit and getattr(gen, "name", "") == "fh" and getattr(gen, "max_side", None) is None:
+        pixels = _header_pixels(path)
+        if pixels > limit:
+            return (
+                path,
+                "skipped",
+                (
+                    f"too large for this worker's memory: {pixels / 1e6:.1f} MP > --max-pixels "
+                    f"{limit / 1e6:.1f} MP (fewer --workers, a larger --max-pixels, or --max-side)"
+                ),
+            )
     try:
         image = load_image(path)
         if getattr(gen, "name", "") == "coco":
@@ -104,8 +156,9 @@ def _process(path: str) -> tuple[str, str, int | str]:
 
 
 def generate_masks(
-    files, generator, cache, workers: int = 1, chunksize: int = 4, progress=True, skipped=()
-):
+    files, generator, cache, workers: int = 1, chunksize: int = 4, progress=True, skipped=(),
+    max_pixels: int = 0,
+):  # fmt: skip
     """Compute the maps of ``files`` into ``cache`` with ``workers`` processes.
 
     ``workers <= 1`` runs in this process (no pickling; exceptions propagate). Returns
@@ -113,6 +166,9 @@ def generate_masks(
     ``skipped``: ``(path, reason)`` of entries already rejected (e.g. by the folder scan),
     counted as images and reported with the others. Ctrl-C (``KeyboardInterrupt``) stops the
     run: the stats so far are returned with ``interrupted`` set (the entries written are kept).
+    ``max_pixels`` > 0: full-resolution FH skips larger images (with the reason) before
+    decoding them. A worker that dies skips its image instead of hanging the run.
+    ``chunksize`` is accepted for compatibility and unused.
     """
     from tqdm import tqdm
 
@@ -120,32 +176,74 @@ def generate_masks(
     stats = MaskRunStats(images=len(files) + len(skipped), skipped=list(skipped))
     start = time.perf_counter()
     bar = tqdm(total=len(files), unit="img", disable=not progress, smoothing=0.1)
-    pool = None
+
+    def record(path, status, value):
+        if status == "skipped":
+            stats.skipped.append((path, str(value)))
+        else:
+            setattr(stats, status, getattr(stats, status) + 1)
+            stats.segments.append(int(value))
+        bar.update(1)
+
     try:
         if workers <= 1:
-            _init_worker(generator, cache)
-            results = map(_process, files)
+            _init_worker(generator, cache, max_pixels)
+            for result in map(_process, files):
+                record(*result)
         else:
-            import multiprocessing as mp
-
-            pool = mp.get_context().Pool(workers, _init_pool_worker, (generator, cache))
-            results = pool.imap_unordered(_process, files, chunksize=chunksize)
-        for path, status, value in results:
-            if status == "skipped":
-                stats.skipped.append((path, str(value)))
-            else:
-                setattr(stats, status, getattr(stats, status) + 1)
-                stats.segments.append(int(value))
-            bar.update(1)
+            for result in _pool_results(files, generator, cache, workers, max_pixels):
+                record(*result)
     except KeyboardInterrupt:
         stats.interrupted = True
     finally:
         bar.close()
-        if pool is not None:
-            pool.terminate()
-            pool.join()
     stats.seconds = time.perf_counter() - start
     return stats
+
+
+def _pool_results(files, generator, cache, workers: int, max_pixels: int):
+    """``_process`` results of ``files`` from ``workers`` processes, at most ``4 * workers``
+    in flight. A worker that dies (killed by the OS, e.g. out of memory) breaks the pool: the
+    images that were in flight are retried one by one in a fresh single-process pool, and the
+    one that kills its process again is reported as skipped; then the run goes on."""
+    import multiprocessing as mp
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+    from concurrent.futures.process import BrokenProcessPool
+
+    def pool(n):
+        return ProcessPoolExecutor(
+            n, mp.get_context(), _init_pool_worker, (generator, cache, max_pixels)
+        )
+
+    todo, ex = list(reversed(files)), pool(workers)
+    running: dict = {}
+    try:
+        while todo or running:
+            while todo and len(running) < 4 * workers:
+                path = todo.pop()
+                running[ex.submit(_process, path)] = path
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            broken = []
+            for fut in done:
+                path = running.pop(fut)
+                try:
+                    yield fut.result()
+                except BrokenProcessPool:
+                    broken.append(path)
+            if not broken:
+                continue
+            suspects = broken + list(running.values())  # every image in flight when it broke
+            running.clear()
+            ex.shutdown(wait=False, cancel_futures=True)
+            for path in suspects:  # alone, so a second death names the image
+                with pool(1) as one:
+                    try:
+                        yield one.submit(_process, path).result()
+                    except BrokenProcessPool:
+                        yield path, "skipped", "worker died (killed by the OS: out of memory?)"
+            ex = pool(workers)
+    finally:
+        ex.shutdown(wait=False, cancel_futures=True)
 
 
 def build_method(args):
@@ -200,13 +298,19 @@ def run(args) -> int:
     if stale:
         print(f"removed {stale} temporary file(s) of an interrupted run")
     workers = args.workers if args.workers > 0 else (os.cpu_count() or 1)
+    if args.max_pixels is None:
+        max_pixels = default_max_pixels(generator, workers)
+    else:
+        max_pixels = int(args.max_pixels * 1e6)
+    limit = f"; images up to {max_pixels / 1e6:.0f} MP" if max_pixels else ""
     print(
         f"{len(files)} images in {data} (shard {args.shard}/{args.num_shards}); "
-        f"method {generator.name} {generator.params}; {workers} workers -> {cache.folder}"
+        f"method {generator.name} {generator.params}; {workers} workers{limit} -> {cache.folder}"
     )
     stats = generate_masks(
-        files, generator, cache, workers, progress=not args.quiet, skipped=scan_skipped
-    )
+        files, generator, cache, workers, progress=not args.quiet, skipped=scan_skipped,
+        max_pixels=max_pixels,
+    )  # fmt: skip
     listing = write_skipped(stats, cache.root, args.shard, args.num_shards)
     print(stats.summary())
     if listing is not None:
@@ -255,6 +359,13 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         type=int,
         default=None,
         help="run FH with the longer side reduced to this (default: full resolution)",
+    )
+    p.add_argument(
+        "--max-pixels",
+        type=float,
+        default=None,
+        help="full-resolution FH skips images above this many megapixels (default: what the "
+        "available memory allows per worker, ~160 MB per MP; 0: no limit)",
     )
     p.add_argument("--grid", type=int, default=4, help="grid side g for --method grid (g x g)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
