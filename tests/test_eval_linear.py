@@ -62,3 +62,21 @@ def test_linear_and_knn_cli(tmp_path):
     res = json.loads(out.read_text())
     assert res["backbone"]["kind"] == "random" and res["config"]["k"] == 3
     assert 0.0 <= res["metrics"]["top1"] <= 1.0
+
+
+def test_too_many_workers_is_one_warning(tmp_path, caplog, monkeypatch):
+    import warnings
+
+    import detcon.commands.evaluate as evaluate
+
+    data = make_image_folder(tmp_path / "data")
+    ck = make_checkpoint(tmp_path / "ck.pt")
+    monkeypatch.setattr(evaluate.os, "sched_getaffinity", lambda pid: {0}, raising=False)
+    args = ["eval", "knn", "--checkpoint", str(ck), "--data", str(data), "--image-size", "32",
+            "--batch-size", "9", "--workers", "64", "--device", "cpu"]  # fmt: skip
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        assert main(args) == 0
+    assert not [w for w in seen if "worker" in str(w.message)]  # no DataLoader warnings
+    lines = [r for r in caplog.records if "more than the 1 cores" in r.getMessage()]
+    assert len(lines) == 1

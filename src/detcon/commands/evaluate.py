@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 
 
 def _common(p: argparse.ArgumentParser, *, image_size: int, batch_size: int, epochs: int) -> None:
@@ -123,6 +124,12 @@ def run(args) -> int:
     from detcon.evaluation.common import default_result_path, write_result
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    if cores and args.workers > cores:  # one line here instead of a warning per DataLoader
+        logging.getLogger("detcon.eval").warning(
+            "--workers %d is more than the %d cores available: using %d", args.workers, cores, cores
+        )
+        args.workers = cores
     if args.protocol == "linear":
         from detcon.evaluation.linear import run_linear as job
     elif args.protocol == "knn":
