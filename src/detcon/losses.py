@@ -23,10 +23,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from detcon.masks.sampling import ID_SPAN, distinct_pairs
+
 # Official l2_normalize bounds the *squared* norm from below (differs from F.normalize).
 _NORM_EPS_SQ = 1e-12
-# (image, id) pairs are packed into one int64 as image * _ID_SPAN + id (distinct path).
-_ID_SPAN = 1 << 31
 # Official exclusion value, applied after dividing by the temperature.
 _EXCLUDED = -1e9
 
@@ -119,17 +119,15 @@ def _view_loss(
 
 def _distinct(x: Tensor, ids: Tensor, image_offset: int = 0):
     """Group the rows of ``x [M, K, D]`` by (image, id): ``(vectors [U, D], counts [U], image
-    [U], key [U])`` with ``key = image * 2^31 + id`` sorted ascending (ids below 2^31). A group's vector is the mean of its
-    rows, so its gradient is shared equally by the duplicates (which, pooled from one mask,
-    are equal vectors: the mean is then each of them)."""
+    [U], key [U])``, keys sorted (:func:`detcon.masks.sampling.distinct_pairs`). A group's
+    vector is the mean of its rows, so its gradient is shared equally by the duplicates
+    (which, pooled from one mask, are equal vectors: the mean is then each of them)."""
     M, K, D = x.shape
-    image = torch.arange(M, device=x.device).repeat_interleave(K) + image_offset  # [M*K]
-    key = image * _ID_SPAN + ids.reshape(-1)  # (image, id) -> one int64
-    ukey, inverse, counts = torch.unique(key, sorted=True, return_inverse=True, return_counts=True)
-    sums = torch.zeros(ukey.numel(), D, dtype=x.dtype, device=x.device)
+    key, inverse, counts = distinct_pairs(ids, image_offset)
+    sums = torch.zeros(key.numel(), D, dtype=x.dtype, device=x.device)
     sums = sums.index_add(0, inverse, x.reshape(M * K, D))
     vectors = sums / counts.to(x.dtype)[:, None]
-    return vectors, counts, torch.div(ukey, _ID_SPAN, rounding_mode="floor"), ukey
+    return vectors, counts, torch.div(key, ID_SPAN, rounding_mode="floor"), key
 
 
 def _lookup(sorted_keys: Tensor, keys: Tensor) -> tuple[Tensor, Tensor]:
@@ -140,11 +138,9 @@ def _lookup(sorted_keys: Tensor, keys: Tensor) -> tuple[Tensor, Tensor]:
 
 def _view_loss_distinct(
     pred: Tensor,  # [B,K,D] predictions of view v (not normalised)
-    target_w: Tensor,  # [N,Kt,D] targets of the other view w
-    target_v: Tensor,  # [N,Kt,D] targets of the same view v
+    cols_w: tuple,  # _distinct(...) of the other view's targets, columns normalised
+    cols_v: tuple,  # the same for this view's targets
     pid: Tensor,
-    tid_w: Tensor,
-    tid_v: Tensor,
     temperature: float,
     local_negatives: bool,
     batch_offset: int,
@@ -159,12 +155,11 @@ def _view_loss_distinct(
     """
     B, K, _ = pred.shape
     rows, _, row_image, row_key = _distinct(pred, pid, batch_offset)  # [R, D]
-    cols_w, count_w, img_w, key_w = _distinct(target_w, tid_w)  # [Cw, D]
-    cols_v, count_v, img_v, key_v = _distinct(target_v, tid_v)  # [Cv, D]
+    (unit_w, count_w, img_w, key_w), (unit_v, count_v, img_v, key_v) = cols_w, cols_v
     rows = _normalize(rows)
-    columns = _normalize(torch.cat([cols_w, cols_v], 0))  # [Cw + Cv, D], w block first
+    columns = torch.cat([unit_w, unit_v], 0)  # [Cw + Cv, D], w block first
     logits = rows @ columns.T / temperature  # [R, Cw + Cv]
-    cw = cols_w.shape[0]
+    cw = unit_w.shape[0]
     r = torch.arange(rows.shape[0], device=rows.device)
     # positive: the other view's column of the row's own image and id (at most one, distinct)
     pos_at, has_pos = _lookup(key_w, row_key)
@@ -236,9 +231,13 @@ def detcon_loss(
     with torch.autocast(device_type=pred1.device.type, enabled=False):
         common = (temperature, local_negatives, batch_offset)
         if distinct:  # normalised after grouping (a group mean of equal rows is each of them)
-            q1, q2, s1, s2 = (x.to(dtype) for x in (pred1, pred2, target1, target2))
-            loss_1 = _view_loss_distinct(q1, s2, s1, pid1, tid2, tid1, *common)
-            loss_2 = _view_loss_distinct(q2, s1, s2, pid2, tid1, tid2, *common)
+            cols = []  # each view's target groups, made and normalised once
+            for t, tid in ((target1, tid1), (target2, tid2)):
+                vectors, *rest = _distinct(t.to(dtype), tid)
+                cols.append((_normalize(vectors), *rest))
+            q1, q2 = pred1.to(dtype), pred2.to(dtype)
+            loss_1 = _view_loss_distinct(q1, cols[1], cols[0], pid1, *common)
+            loss_2 = _view_loss_distinct(q2, cols[0], cols[1], pid2, *common)
         else:
             p1, p2, t1, t2 = (_normalize(x.to(dtype)) for x in (pred1, pred2, target1, target2))
             loss_1 = _view_loss(p1, t2, t1, pid1, tid2, tid1, *common)

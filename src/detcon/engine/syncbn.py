@@ -12,7 +12,7 @@ import torch
 import torch.distributed as tdist
 from torch import nn
 
-from detcon.distributed import _AllReduceSum
+from detcon.distributed import sum_across_processes
 
 
 class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
@@ -34,7 +34,7 @@ class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
         xf = x.to(torch.promote_types(x.dtype, torch.float32))  # float64 stays float64
         count = torch.tensor([x.numel() / x.shape[1]], dtype=xf.dtype, device=x.device)
         stats = torch.cat([xf.sum(dims), (xf * xf).sum(dims), count])  # [2C + 1]
-        stats = _AllReduceSum.apply(stats)  # gradient flows back to every process
+        stats = sum_across_processes(stats)  # gradient flows back to every process
         c = x.shape[1]
         n = stats[-1]
         mean = stats[:c] / n

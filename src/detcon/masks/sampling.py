@@ -139,3 +139,17 @@ def sample_mask_ids(
         u = uniforms.to(ids.device, torch.float64)
     index = (u * count).long().minimum(count - 1)  # [B,K] in [0, count)
     return candidates.gather(-1, index)
+
+
+#: (image, id) pairs are packed into one int64 as ``image * ID_SPAN + id`` (ids below 2^31).
+ID_SPAN = 1 << 31
+
+
+def distinct_pairs(ids: Tensor, image_offset: int = 0) -> tuple[Tensor, Tensor, Tensor]:
+    """The distinct (image, id) pairs of ``ids [M, K]`` (row m is image ``m + image_offset``):
+    ``(keys [U], inverse [M*K], counts [U])`` with ``keys = image * ID_SPAN + id`` sorted
+    ascending, the pair of every draw and how many draws each pair has."""
+    M, K = ids.shape
+    image = torch.arange(M, device=ids.device).repeat_interleave(K) + image_offset  # [M*K]
+    key = image * ID_SPAN + ids.reshape(-1).long()
+    return torch.unique(key, sorted=True, return_inverse=True, return_counts=True)

@@ -14,6 +14,8 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
+from detcon.masks.sampling import distinct_pairs
+
 from .backbone import Backbone, build_backbone
 from .heads import MLP, check_init
 from .pooling import mask_pool
@@ -34,9 +36,7 @@ def distinct_rows(mask_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, t
     [U])``: the flat index of each pair's first draw, the pair of every draw, and how many
     draws each pair has."""
     B, K = mask_ids.shape
-    image = torch.arange(B, device=mask_ids.device).repeat_interleave(K)
-    key = image * (1 << 31) + mask_ids.reshape(-1).long()  # ids below 2^31
-    _, inverse, counts = torch.unique(key, return_inverse=True, return_counts=True)
+    _, inverse, counts = distinct_pairs(mask_ids)
     flat = torch.arange(B * K, device=mask_ids.device)
     first = torch.full_like(counts, B * K).scatter_reduce(0, inverse, flat, "amin")
     return first, inverse, counts
