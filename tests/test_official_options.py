@@ -145,3 +145,12 @@ def test_training_loss_distinct_path_equals_the_official_one():
     scale = max(float(g.abs().max()) for g in grads[1].values())
     for name, g1 in grads[1].items():
         assert float((grads[0][name] - g1).abs().max()) / scale < 1e-4, name
+
+
+def test_config_choices_equal_the_modules_they_configure():
+    """config.py keeps its own copies (it imports no torch); they must not drift."""
+    from detcon import config
+    from detcon.model.backbone import PADDINGS
+    from detcon.model.heads import INITS
+
+    assert set(config.INITS) == set(INITS) and set(config.PADDINGS) == set(PADDINGS)
