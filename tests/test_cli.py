@@ -1,3 +1,6 @@
+import subprocess
+import sys
+
 import pytest
 
 from detcon.cli import main
@@ -32,3 +35,21 @@ def test_debug_env_shows_the_exception(tmp_path, monkeypatch):
                 str(tmp_path / "o.pt"),
             ]
         )
+
+
+def test_help_does_not_import_torch():
+    """``detcon --help`` builds every sub-parser without importing torch (heavy imports live
+    inside each command's ``run()``)."""
+    code = (
+        "import sys; from detcon.cli import build_parser; build_parser(); "
+        "print(sorted(m for m in ('torch', 'torchvision', 'skimage', 'numba') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_export_command_lists_the_library_formats():
+    from detcon.commands.export import FORMATS
+    from detcon.export import FORMATS as LIBRARY_FORMATS
+
+    assert FORMATS == LIBRARY_FORMATS

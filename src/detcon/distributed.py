@@ -35,6 +35,19 @@ def is_main() -> bool:
     return rank() == 0
 
 
+def pick_device(name: str | None = "auto") -> torch.device:
+    """The device a job runs on: ``"auto"`` (or None) is this process's GPU when CUDA is
+    available (``LOCAL_RANK`` under torchrun), else the CPU; ``"cuda"`` is this process's GPU;
+    anything else is ``torch.device(name)``. Asking for CUDA without it is an error."""
+    if name in (None, "auto"):
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise RuntimeError(f"device {name!r} asked for, but CUDA is not available; use cpu")
+        return torch.device("cuda", local_rank()) if name == "cuda" else torch.device(name)
+    return torch.device(name)
+
+
 def init_from_env(backend: str | None = None, timeout_minutes: int = 30) -> bool:
     """Initialise the default process group from torchrun's environment variables.
 

@@ -48,16 +48,6 @@ class NonFiniteLossError(RuntimeError):
     """The loss became NaN/inf; the last good state was saved before raising."""
 
 
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise RuntimeError("train.device=cuda but CUDA is not available; use train.device=cpu")
-        return torch.device("cuda", dist.local_rank()) if name == "cuda" else torch.device(name)
-    return torch.device(name)
-
-
 def autocast_for(cfg, device: torch.device):
     """The one AMP context: bf16/fp16 autocast, or disabled (fp32; bf16 on CPU unless allowed)."""
     p = cfg.train.precision
@@ -134,7 +124,7 @@ def train(cfg: Config, dataset=None, *, overwrite: bool = False) -> dict:
     rank, world, main = dist.rank(), dist.world_size(), dist.is_main()
     run_dir = Path(cfg.train.out)
     check_fresh_start(cfg, overwrite, move_aside=main)  # before anything is written
-    device = pick_device(cfg.train.device)
+    device = dist.pick_device(cfg.train.device)
     start_time = time.perf_counter()
     # ---- data
     dataset = build_dataset(cfg) if dataset is None else dataset

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import argparse
 
+# = detcon.export.FORMATS (a test checks), listed here so that ``--help`` does not import torch
+FORMATS = ("torchvision", "timm", "detectron2", "safetensors")
+
 
 def add_parser(subparsers) -> None:
-    from detcon.export import FORMATS
-
     p = subparsers.add_parser(
         "export",
         help="export backbone weights (verified)",

@@ -1,28 +1,39 @@
 """Data: robust image decoding, datasets that yield two augmented views with their region
 maps, and the paired (geometry) + per-image (photometry) augmentations.
-
-Names are resolved lazily from the submodules listed in ``_EXPORTS`` so that importing
-the package stays cheap (heavy imports happen on first use).
 """
 
 from __future__ import annotations
 
-from detcon._lazy import lazy_exports
+from detcon.data.builtin import (
+    BuiltinDataset,
+    build_pretrain_dataset,
+    builtin_images,
+)
+from detcon.data.datasets import (
+    CocoDataset,
+    ImageClassTreeDataset,
+    ImageFolderDataset,
+    ImageListDataset,
+    SyntheticDataset,
+    scan_images,
+)
+from detcon.data.decode import (
+    DecodeError,
+    load_image,
+)
+from detcon.data.transforms import TwoViewTransform
 
-# public name -> submodule that defines it
-_EXPORTS = {
-    "load_image": "decode",
-    "DecodeError": "decode",
-    "TwoViewTransform": "transforms",
-    "scan_images": "datasets",
-    "ImageListDataset": "datasets",
-    "ImageFolderDataset": "datasets",
-    "ImageClassTreeDataset": "datasets",
-    "CocoDataset": "datasets",
-    "SyntheticDataset": "datasets",
-    "builtin_images": "builtin",
-    "BuiltinDataset": "builtin",
-    "build_pretrain_dataset": "builtin",
-}
-
-__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+__all__ = [
+    "load_image",
+    "DecodeError",
+    "TwoViewTransform",
+    "scan_images",
+    "ImageListDataset",
+    "ImageFolderDataset",
+    "ImageClassTreeDataset",
+    "CocoDataset",
+    "SyntheticDataset",
+    "builtin_images",
+    "BuiltinDataset",
+    "build_pretrain_dataset",
+]

@@ -1,32 +1,52 @@
 """Transfer evaluation of pretrained backbones: linear probe, kNN, semantic segmentation
 (linear probe and FCN fine-tuning on PASCAL VOC or Cityscapes layout) and detection / instance
 segmentation (Mask R-CNN + FPN on COCO layout). See ``docs/evaluation.md`` for the protocols.
-
-Names are resolved lazily so that importing the package stays cheap.
 """
 
 from __future__ import annotations
 
-from detcon._lazy import lazy_exports
+from detcon.evaluation.cityscapes import CityscapesSegmentation
+from detcon.evaluation.coco import CocoInstances
+from detcon.evaluation.common import (
+    load_backbone,
+    write_result,
+)
+from detcon.evaluation.detection import run_detection
+from detcon.evaluation.features import (
+    eval_transform,
+    extract_features,
+)
+from detcon.evaluation.knn import (
+    knn_classify,
+    run_knn,
+)
+from detcon.evaluation.linear import (
+    run_linear,
+    train_linear_probe,
+)
+from detcon.evaluation.metrics import (
+    confusion_matrix,
+    iou_from_confusion,
+    topk_accuracy,
+)
+from detcon.evaluation.segmentation import run_segmentation
+from detcon.evaluation.voc import VOCSegmentation
 
-# public name -> submodule that defines it
-_EXPORTS = {
-    "load_backbone": "common",
-    "write_result": "common",
-    "extract_features": "features",
-    "eval_transform": "features",
-    "train_linear_probe": "linear",
-    "run_linear": "linear",
-    "knn_classify": "knn",
-    "run_knn": "knn",
-    "confusion_matrix": "metrics",
-    "iou_from_confusion": "metrics",
-    "topk_accuracy": "metrics",
-    "VOCSegmentation": "voc",
-    "CityscapesSegmentation": "cityscapes",
-    "run_segmentation": "segmentation",
-    "CocoInstances": "coco",
-    "run_detection": "detection",
-}
-
-__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+__all__ = [
+    "load_backbone",
+    "write_result",
+    "extract_features",
+    "eval_transform",
+    "train_linear_probe",
+    "run_linear",
+    "knn_classify",
+    "run_knn",
+    "confusion_matrix",
+    "iou_from_confusion",
+    "topk_accuracy",
+    "VOCSegmentation",
+    "CityscapesSegmentation",
+    "run_segmentation",
+    "CocoInstances",
+    "run_detection",
+]

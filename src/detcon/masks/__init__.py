@@ -1,26 +1,36 @@
 """Region maps: generators (FH, grid, ground truth, whole image), the mask cache, and the
 reduction to the feature grid with per-view id sampling.
 
-Names are resolved lazily from the submodules listed in ``_EXPORTS`` so that importing
-the package stays cheap (scikit-image is imported only when a generator is used).
+scikit-image and numba are imported only when a generator first runs, so importing the package
+stays cheap.
 """
 
 from __future__ import annotations
 
-from detcon._lazy import lazy_exports
+from detcon.masks.cache import MaskCache
+from detcon.masks.coco import CocoMasks
+from detcon.masks.generators import (
+    CallableGenerator,
+    FHGenerator,
+    GridGenerator,
+    MaskGenerator,
+    WholeImageGenerator,
+    build_generator,
+)
+from detcon.masks.sampling import (
+    downsample_masks,
+    sample_mask_ids,
+)
 
-# public name -> submodule that defines it
-_EXPORTS = {
-    "downsample_masks": "sampling",
-    "sample_mask_ids": "sampling",
-    "MaskGenerator": "generators",
-    "FHGenerator": "generators",
-    "GridGenerator": "generators",
-    "WholeImageGenerator": "generators",
-    "CallableGenerator": "generators",
-    "build_generator": "generators",
-    "MaskCache": "cache",
-    "CocoMasks": "coco",
-}
-
-__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+__all__ = [
+    "downsample_masks",
+    "sample_mask_ids",
+    "MaskGenerator",
+    "FHGenerator",
+    "GridGenerator",
+    "WholeImageGenerator",
+    "CallableGenerator",
+    "build_generator",
+    "MaskCache",
+    "CocoMasks",
+]
