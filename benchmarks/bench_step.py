@@ -2,9 +2,10 @@
 average pooling, the regression loss, no negatives: ``loss.method=byol``).
 
 Same backbone, batch, image size, heads and optimizer; the two steps are interleaved in ONE
-run (alternating blocks) so machine load affects both alike. Each step is the full training
-step of ``detcon.train``: mask reduction + id sampling, online + target forward, loss,
-backward, LARS step, EMA update. Data are synthetic tensors already on the device.
+run (alternating blocks) so machine load affects both alike. Each step is the training step
+itself, :func:`detcon.step.train_step`: lr / tau schedules, mask reduction + id sampling,
+online + target forward, loss, finite check, backward, LARS step, EMA update. Data are
+synthetic tensors already on the device.
 
     python benchmarks/bench_step.py --backbone resnet18 --image-size 128 --batch 16   # CPU
     python benchmarks/bench_step.py --device cuda --backbone resnet50 --image-size 224 --batch 256
@@ -21,10 +22,8 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from detcon.config import load_config, resolve
-from detcon.engine.step import build_models, forward_loss, mask_generator, prepare_masks
 from detcon.fileio import atomic_write
-from detcon.model import ema_update_
-from detcon.train import autocast_for, build_optimizer
+from detcon.step import build_train_state, train_step
 
 
 def fh_like_maps(batch: int, size: int, generator: torch.Generator) -> torch.Tensor:
@@ -58,42 +57,29 @@ def make_step(method: str, args, device: torch.device):
             f"model.padding={getattr(args, 'padding', 'same')}",
             f"train.compile={args.compile}",
             "train.probe=false",
+            "train.steps=1000000",  # the schedules' position never reaches the end
         ],
     )
     resolve(cfg, dataset_size=args.batch)
-    online, target = build_models(cfg, device)
-    for net in (online.net, target):  # heads on distinct (image, id) rows, or on all B*K
+    state = build_train_state(cfg, device)
+    for net in (state.online.net, state.target):  # heads on distinct (image, id) rows, or all
         if net is not None:
             net.distinct_heads = getattr(args, "heads", "distinct") == "distinct"
-    optimizer = build_optimizer(cfg, online)
-    scaler = torch.amp.GradScaler(device.type, enabled=args.precision == "fp16")
-    model = torch.compile(online) if args.compile else online
     g = torch.Generator().manual_seed(0)
     s, b = args.image_size, args.batch
-    fmt = torch.channels_last if args.channels_last else torch.contiguous_format
-    views = tuple(
-        torch.randn(b, 3, s, s, generator=g).to(device, memory_format=fmt) for _ in range(2)
-    )
     whole = method in ("byol", "simclr")
-    masks = tuple(
-        (torch.zeros(b, s, s, dtype=torch.long) if whole else fh_like_maps(b, s, g)).to(device)
-        for _ in range(2)
-    )
-    grid = (s // 32, s // 32)
+    batch = {
+        **{v: torch.randn(b, 3, s, s, generator=g).to(device) for v in ("view_a", "view_b")},
+        **{
+            m: (torch.zeros(b, s, s, dtype=torch.long) if whole else fh_like_maps(b, s, g)).to(
+                device
+            )
+            for m in ("mask_a", "mask_b")
+        },
+    }  # no "mask_u": the ids are drawn from the step's (seed, step, rank) generator
 
     def step(i: int) -> torch.Tensor:
-        cells, ids = prepare_masks(
-            *masks, cfg.masks.num_masks, grid, mask_generator(0, i, 0, device)
-        )
-        with autocast_for(cfg, device):
-            loss, _, _ = forward_loss(model, target, views, cells, ids, cfg)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
-        optimizer.zero_grad(set_to_none=True)
-        if target is not None:
-            ema_update_(target, online.net, 0.99)
-        return loss.detach()
+        return train_step(state, iter([batch]), i).loss
 
     return step, cfg
 

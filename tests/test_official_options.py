@@ -10,7 +10,7 @@ import torch
 from torchvision.models.resnet import BasicBlock
 
 from detcon.config import ConfigError, load_config, resolve
-from detcon.engine.step import build_models, forward_loss, prepare_masks
+from detcon.step import build_models, forward_loss, prepare_masks
 from detcon.losses import byol_loss
 
 TINY = [

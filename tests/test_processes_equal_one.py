@@ -99,7 +99,7 @@ def test_two_processes_give_the_losses_and_weights_of_one(runs):
 
 def _initial_online():
     from detcon.config import resolve
-    from detcon.engine.step import build_models
+    from detcon.step import build_models
 
     cfg = resolve(_cfg("unused"), dataset_size=16)
     online, _ = build_models(cfg, torch.device("cpu"))
@@ -108,7 +108,7 @@ def _initial_online():
 
 def test_mask_draws_do_not_depend_on_the_process():
     """The ids of an image come from its own uniforms: the same on any rank, in any batch."""
-    from detcon.engine.data import SeededItems, mask_uniforms
+    from detcon.data.loader import SeededItems, mask_uniforms
     from detcon.masks import downsample_masks, sample_mask_ids
 
     u = mask_uniforms(0, 3, 5, 4)

@@ -159,7 +159,7 @@ def test_resume_into_a_new_folder_says_it_starts_from_zero(tmp_path, capsys):
 
 
 def test_stop_flag_handles_sighup_like_sigterm():
-    from detcon.engine.state import StopFlag
+    from detcon.runs import StopFlag
 
     flag = StopFlag()
     try:

@@ -11,7 +11,7 @@ from tiny import TINY_TRAIN
 from detcon import checkpoint
 from detcon.config import load_config
 from detcon.data import SyntheticDataset
-from detcon.engine.data import EpochSampler, SeededItems
+from detcon.data.loader import EpochSampler, SeededItems
 from detcon.train import train
 
 TINY = TINY_TRAIN + ["train.steps=6", "optim.warmup_epochs=1", "train.ckpt_every=100"]

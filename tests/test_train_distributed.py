@@ -14,7 +14,7 @@ import torch.distributed as tdist
 import torch.multiprocessing as mp
 
 from detcon.config import load_config, resolve
-from detcon.engine.step import build_models, forward_loss
+from detcon.step import build_models, forward_loss
 
 B, S, K = 4, 64, 3  # global batch, image side, masks per view
 METHODS = ("detcon_b", "detcon_s")

@@ -7,7 +7,8 @@ Layout of a pretraining checkpoint (``FORMAT_VERSION`` 2)::
       "kind": "detcon-pretrain",
       "step": int,                    # optimizer steps completed
       "config": dict,                 # resolved config (plain types only)
-      "model": {"backbone": str, "width_multiplier": int},  # enough to rebuild the backbone
+      "model": {"backbone": str, "width_multiplier": int,   # enough to rebuild the backbone
+                "output_stride": int, "padding": str},
       "online": state_dict,           # DetConNet state dict; backbone keys start with "backbone."
       "target": state_dict | None,    # EMA target (DetCon_B / BYOL), None for DetCon_S / SimCLR
       "optimizer": state_dict, "scaler": state_dict | None,
@@ -25,12 +26,16 @@ Everything in it is tensors and plain Python containers, so :func:`load` uses
 from __future__ import annotations
 
 import hashlib
+import math
 import os
+import random
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
+from detcon.config import to_dict
 from detcon.fileio import atomic_write
 
 FORMAT_VERSION = 2  # 2: "checksum" key
@@ -145,3 +150,135 @@ def backbone_state_dict(ckpt: dict, which: str = "online") -> dict[str, torch.Te
     if not out:
         raise KeyError(f"no keys starting with {BACKBONE_PREFIX!r} in checkpoint[{which!r}]")
     return out
+
+
+def rng_state() -> dict:
+    """Global RNG states (torch CPU, CUDA, numpy, python). The mask-sampling generator needs no
+    state: it is re-seeded from (seed, step, rank) every step."""
+    state = {
+        "torch": torch.random.get_rng_state(),
+        "numpy": _numpy_state(),
+        "python": random.getstate(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _numpy_state() -> dict:
+    """numpy's legacy RNG state as tensors and plain numbers (loadable with weights_only)."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    return {
+        "name": name,
+        "keys": torch.from_numpy(keys.astype(np.int64)),
+        "pos": int(pos),
+        "has_gauss": int(has_gauss),
+        "cached_gaussian": float(cached),
+    }
+
+
+def set_rng_state(state: dict) -> None:
+    torch.random.set_rng_state(state["torch"])
+    n = state["numpy"]
+    np.random.set_state(
+        (
+            n["name"],
+            n["keys"].numpy().astype(np.uint32),
+            n["pos"],
+            n["has_gauss"],
+            n["cached_gaussian"],
+        )
+    )
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def make_checkpoint(
+    cfg, step, online, target, optimizer, scaler, loss: float | None = None
+) -> dict:
+    """The pretraining checkpoint dict (layout in :mod:`detcon.checkpoint`); ``loss`` is the
+    last logged loss (``extra.loss``), reported when a finished run is resumed."""
+    t = cfg.train
+    probe = online.probe.state_dict() if online.probe is not None else None
+    return {
+        "format_version": FORMAT_VERSION,
+        "kind": "detcon-pretrain",
+        "step": step,
+        "config": to_dict(cfg),
+        "model": {
+            "backbone": cfg.model.backbone,
+            "width_multiplier": cfg.model.width_multiplier,
+            "output_stride": cfg.model.output_stride,
+            "padding": cfg.model.padding,
+        },
+        "online": online.net.state_dict(),
+        "target": target.state_dict() if target is not None else None,
+        "optimizer": optimizer.state_dict(),
+        "scaler": scaler.state_dict() if scaler.is_enabled() else None,
+        "rng": rng_state(),
+        "extra": {
+            "epoch": step // t.steps_per_epoch,
+            "batch_in_epoch": step % t.steps_per_epoch,
+            "probe": probe,
+            "loss": None if loss is None or not math.isfinite(loss) else float(loss),
+        },
+    }
+
+
+def restore(ckpt: dict, online, target, optimizer, scaler) -> int:
+    """Load a checkpoint into the (unwrapped) modules; returns the step to continue from."""
+    if ckpt.get("kind") != "detcon-pretrain":
+        raise ValueError(f"not a pretraining checkpoint (kind={ckpt.get('kind')!r})")
+    online.net.load_state_dict(ckpt["online"])
+    if target is not None:
+        if ckpt["target"] is None:
+            raise ValueError("checkpoint has no target network but this method needs one")
+        target.load_state_dict(ckpt["target"])
+    probe = ckpt.get("extra", {}).get("probe")
+    if online.probe is not None and probe is not None:
+        online.probe.load_state_dict(probe)
+    optimizer.load_state_dict(ckpt["optimizer"])
+    if ckpt.get("scaler") is not None and scaler.is_enabled():
+        scaler.load_state_dict(ckpt["scaler"])
+    set_rng_state(ckpt["rng"])
+    return int(ckpt["step"])
+
+
+def backbone_from_checkpoint(
+    path: str | os.PathLike, which: str = "online", *, padding: str | None = None
+) -> tuple[torch.nn.Module, dict]:
+    """Rebuild and strictly load the ``which`` backbone of the pretraining checkpoint at
+    ``path`` (read and verified by :func:`load`).
+
+    The architecture and width come from ``ckpt["model"]``; ``padding`` defaults to the one
+    recorded there (``"torch"`` for checkpoints older than the key); pass ``"torch"`` or
+    ``"same"`` to override it (padding changes the forward pass, not the weights). Weights
+    are loaded with :func:`detcon.model.backbone.load_torchvision_weights`, so a missing or
+    unexpected key is a ``ValueError`` naming them. Returns ``(backbone, info)`` with ``info``
+    ``{"path", "which", "arch", "width_multiplier", "padding", "step"}`` (JSON-able).
+    """
+    from detcon.model.backbone import build_backbone, load_torchvision_weights
+
+    ckpt = load(path)
+    model_info = ckpt.get("model") or {}
+    if "backbone" not in model_info:
+        raise KeyError(f"{path}: checkpoint['model']['backbone'] missing")
+    arch = model_info["backbone"]
+    width = int(model_info.get("width_multiplier", 1))
+    padding = str(model_info.get("padding", "torch")) if padding is None else padding
+    backbone = build_backbone(arch, width_multiplier=width, padding=padding)
+    try:
+        load_torchvision_weights(backbone, backbone_state_dict(ckpt, which))
+    except ValueError as err:
+        raise ValueError(f"{path}: the {which} backbone weights do not fit {arch}: {err}") from err
+    info = {
+        "path": str(Path(path).resolve()),
+        "which": which,
+        "arch": arch,
+        "width_multiplier": width,
+        "padding": padding,
+        "step": ckpt.get("step"),
+    }
+    return backbone, info

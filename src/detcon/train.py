@@ -1,33 +1,22 @@
-"""Pretraining job: ``train(cfg)`` reads top to bottom (data -> model -> optimizer -> resume ->
-loop: lr/tau -> masks -> forward -> loss -> finite check -> backward -> step -> EMA -> log ->
-checkpoint). The pieces live in :mod:`detcon.engine` and :mod:`detcon.metrics_log`.
+"""Pretraining job. ``train(cfg)`` reads top to bottom: run folder -> data -> resume check ->
+networks and optimizer -> resume -> loop (``train_step`` -> log -> checkpoint). The step itself
+(lr / tau -> masks -> forward -> loss -> finite check -> backward -> step -> EMA) is
+:func:`detcon.step.train_step`.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from contextlib import nullcontext
+from collections.abc import Iterator
 from pathlib import Path
 
-import torch
 from tqdm import tqdm
 
 from detcon import checkpoint
 from detcon import distributed as dist
-from detcon.config import WHOLE_IMAGE_METHODS, Config, resolve, save_yaml
-from detcon.engine.data import build_dataset, build_loader, num_classes
-from detcon.engine.state import (
-    BufferGuard,
-    ResumeMismatchError,
-    StopFlag,
-    check_fresh_start,
-    check_resume_config,
-    make_checkpoint,
-    restore,
-    select_resume,
-)
-from detcon.engine.step import build_models, forward_loss, mask_generator, prepare_masks
+from detcon.config import Config, resolve, save_yaml
+from detcon.data.loader import build_dataset, build_loader, num_classes
 from detcon.fileio import remove_stale_temps
 from detcon.metrics_log import (
     MetricsWriter,
@@ -38,57 +27,149 @@ from detcon.metrics_log import (
     save_mask_figure,
     setup_logging,
 )
-from detcon.model import ema_update_
-from detcon.optim import LARS, ema_schedule, lr_schedule, param_groups
+from detcon.runs import (
+    ResumeMismatchError,
+    StopFlag,
+    check_fresh_start,
+    check_resume_config,
+    select_resume,
+)
+from detcon.step import NonFiniteLossError, TrainState, build_train_state, train_step
+
+__all__ = ["train", "NonFiniteLossError"]
 
 log = logging.getLogger("detcon.train")
 
 
-class NonFiniteLossError(RuntimeError):
-    """The loss became NaN/inf; the last good state was saved before raising."""
+def train(cfg: Config, dataset=None, *, overwrite: bool = False) -> dict:
+    """Run (or resume) pretraining; returns a summary dict (run_dir, checkpoint, step, loss,
+    stopped, finished_before, seconds). ``dataset`` overrides ``cfg.data`` (tests).
+
+    With ``train.resume=never`` a run folder that already holds a run (``last.pt``,
+    ``step_*.pt`` or a non-empty ``metrics.jsonl``) is refused with
+    :class:`~detcon.runs.RunExistsError`, unless ``overwrite``: the old run's files are then
+    moved into ``RUN_DIR/replaced-YYYYmmdd-HHMMSS/``."""
+    setup_logging()
+    dist.init_from_env()
+    main, run_dir, start_time = dist.is_main(), Path(cfg.train.out), time.perf_counter()
+    check_fresh_start(cfg, overwrite, move_aside=main)  # before anything is written
+    device = dist.pick_device(cfg.train.device)
+    # ---- data
+    dataset = build_dataset(cfg) if dataset is None else dataset
+    resolve(cfg, len(dataset), dist.world_size())
+    t = cfg.train
+    # ---- the checkpoint to resume from, checked against this config before anything is built
+    resume_from, resume_ckpt = select_resume(cfg)
+    if resume_ckpt is not None:
+        check_resume_config(cfg, resume_ckpt, resume_from)
+    if main:
+        _remove_stale_temps(run_dir)
+    loader, sampler = build_loader(dataset, cfg, dist.rank(), dist.world_size(), device)
+    # ---- networks, optimizer, resume
+    state = build_train_state(cfg, device, num_classes(dataset))
+    step, loss = 0, float("nan")
+    if resume_ckpt is not None:
+        step, loss = _resume(state, resume_ckpt, resume_from, run_dir)
+        del resume_ckpt
+    finished_before = resume_from is not None and step >= t.total_steps
+    if main:
+        save_yaml(cfg, run_dir / "config.yaml")
+        _log_plan(cfg, device, step)
+    # ---- loop
+    stop, writer = StopFlag(), MetricsWriter(run_dir, start_step=step)
+    progress = _Progress(t.total_steps, step, enabled=main and t.progress)
+    meter = Throughput(cfg.data.batch_size)
+    batches = _batches(loader, sampler, cfg, step, meter, run_dir / "masks.png" if main else None)
+    session_steps, stopped = 0, False
+    try:
+        while step < t.total_steps and not stopped:
+            try:
+                out = train_step(state, batches, step, stop_requested=lambda: stop.stop)
+            except NonFiniteLossError as err:
+                path = _save(state, step, loss)  # the state in memory is the last good one
+                raise NonFiniteLossError(f"{err}; last good state saved to {path}") from None
+            step, session_steps, meter.steps = step + 1, session_steps + 1, meter.steps + 1
+            progress.update()
+            if step % t.log_every == 0 or step == t.total_steps:
+                loss = dist.reduce_mean(out.loss).item()
+                record = {"step": step, "epoch": (step - 1) // t.steps_per_epoch, "loss": loss}
+                record |= {"lr": out.lr, "tau": out.tau, **meter.record()}
+                record["memory_mb"] = memory_mb(device)
+                if out.probe_acc is not None:
+                    record["probe_acc"] = dist.reduce_mean(out.probe_acc).item()
+                writer.write(record)
+                progress.postfix(loss=f"{loss:.4f}", lr=f"{out.lr:.3g}")
+            if t.keep_every and step % t.keep_every == 0:
+                _save(state, step, loss, f"step_{step:07d}.pt")
+            stopped = out.stop or (t.stop_after > 0 and session_steps >= t.stop_after)
+            if step % t.ckpt_every == 0 or step == t.total_steps or stopped:
+                path = _save(state, step, loss)  # first save, then talk about it
+                if out.stop and path is not None:
+                    log.warning("stopped by a signal at step %d: saved %s", step, path)
+    finally:
+        stop.close()
+        batches.close()  # ends the loader's iterator (and its worker processes) now
+        progress.close()
+        writer.close()
+    if main and (run_dir / "metrics.jsonl").exists():
+        save_loss_curve(run_dir / "metrics.jsonl", run_dir / "loss.png")
+    dist.barrier()
+    return {
+        "run_dir": str(run_dir),
+        "checkpoint": str(run_dir / "last.pt"),
+        "step": step,
+        "loss": loss,
+        "stopped": stopped,
+        "finished_before": finished_before,
+        "seconds": time.perf_counter() - start_time,
+    }
 
 
-def autocast_for(cfg, device: torch.device):
-    """The one AMP context: bf16/fp16 autocast, or disabled (fp32; bf16 on CPU unless allowed)."""
-    p = cfg.train.precision
-    enabled = p != "fp32" and (device.type == "cuda" or cfg.train.cpu_autocast)
-    dtype = torch.float16 if p == "fp16" else torch.bfloat16
-    return torch.autocast(device.type, dtype=dtype, enabled=enabled)
+def _batches(loader, sampler, cfg, step: int, meter: Throughput, figure: Path | None) -> Iterator:
+    """The micro-batches of the run from step ``step`` on, epoch after epoch: exactly
+    ``steps_per_epoch * grad_accum`` per epoch (a partial last batch group is dropped), the
+    first epoch skipping what the steps before ``step`` consumed. Time spent waiting for data
+    goes to ``meter.wait``; the first batch's views and region maps are drawn to ``figure``."""
+    t = cfg.train
+    epoch, done = divmod(step, t.steps_per_epoch)
+    while True:
+        sampler.set_epoch(epoch, skip=done * t.local_batch * t.grad_accum)
+        loader_iter = iter(loader)
+        for _ in range((t.steps_per_epoch - done) * t.grad_accum):
+            t0 = time.perf_counter()
+            batch = next(loader_iter)
+            meter.wait += time.perf_counter() - t0
+            if figure is not None:
+                save_mask_figure(batch, figure)
+                figure = None
+            yield batch
+        epoch, done = epoch + 1, 0
 
 
-def build_optimizer(cfg, model: torch.nn.Module):
-    o = cfg.optim
-    groups = param_groups(model, o.weight_decay)
-    if o.optimizer == "lars":
-        return LARS(
-            groups, lr=o.peak_lr, momentum=o.momentum, weight_decay=o.weight_decay, eta=o.eta
-        )
-    if o.optimizer == "sgd":
-        groups = [{k: v for k, v in g.items() if k != "lars_exclude"} for g in groups]
-        return torch.optim.SGD(
-            groups, lr=o.peak_lr, momentum=o.momentum, weight_decay=o.weight_decay
-        )
-    raise ValueError(f"optim.optimizer must be 'lars' or 'sgd', got {o.optimizer!r}")
-
-
-def _agree(loss: torch.Tensor, stop: bool, device) -> tuple[bool, bool]:
-    """One collective so every rank takes the same branch: (any non-finite loss, any signal)."""
-    flags = torch.stack(
-        [(~torch.isfinite(loss.detach())).float(), torch.tensor(float(stop), device=device)]
+def _save(state: TrainState, step: int, loss: float, name: str = "last.pt") -> Path | None:
+    """Write the run's checkpoint ``name`` atomically (process 0 only)."""
+    if not dist.is_main():
+        return None
+    target = dist.unwrap(state.target) if state.target is not None else None
+    ckpt = checkpoint.make_checkpoint(
+        state.cfg, step, state.online, target, state.optimizer, state.scaler, loss=loss
     )
-    bad, signalled = (dist.reduce_mean(flags) > 0).tolist()
-    return bad, signalled
+    return checkpoint.save_atomic(ckpt, Path(state.cfg.train.out) / name)
 
 
-def _to_device(batch: dict, device, channels_last: bool):
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
-    views = tuple(
-        batch[k].to(device, non_blocking=True).to(memory_format=fmt) for k in ("view_a", "view_b")
-    )
-    masks = tuple(batch[k].to(device, non_blocking=True) for k in ("mask_a", "mask_b"))
-    labels = batch["label"].to(device, non_blocking=True) if "label" in batch else None
-    uniforms = batch["mask_u"].to(device, non_blocking=True) if "mask_u" in batch else None
-    return views, masks, labels, uniforms
+def _resume(state: TrainState, ckpt: dict, path: Path, run_dir: Path) -> tuple[int, float]:
+    """Load ``ckpt`` into the state; returns (step to continue from, its last logged loss)."""
+    target = dist.unwrap(state.target) if state.target is not None else None
+    try:
+        step = checkpoint.restore(ckpt, state.online, target, state.optimizer, state.scaler)
+    except RuntimeError as err:  # load_state_dict: missing / unexpected keys, shapes
+        detail = " ".join(str(err).split())
+        raise ResumeMismatchError(
+            f"cannot resume from {path}: its weights do not fit this model: "
+            f"{detail[:300]}{'...' if len(detail) > 300 else ''}"
+        ) from err
+    log.info("resumed from %s at step %d", path, step)
+    return step, _last_logged_loss(ckpt, run_dir, step)
 
 
 def _last_logged_loss(ckpt: dict, run_dir: Path, step: int) -> float:
@@ -104,218 +185,64 @@ def _last_logged_loss(ckpt: dict, run_dir: Path, step: int) -> float:
         return float("nan")
 
 
-def _open_progress(**kwargs) -> tqdm:
-    try:
-        return tqdm(**kwargs)
-    except (OSError, ValueError):  # the terminal / pipe is already gone
-        return tqdm(**{**kwargs, "disable": True})
-
-
-def train(cfg: Config, dataset=None, *, overwrite: bool = False) -> dict:
-    """Run (or resume) pretraining; returns a summary dict (run_dir, checkpoint, step, loss,
-    stopped, finished_before, seconds). ``dataset`` overrides ``cfg.data`` (tests).
-
-    With ``train.resume=never`` a run folder that already holds a run (``last.pt``,
-    ``step_*.pt`` or a non-empty ``metrics.jsonl``) is refused with
-    :class:`~detcon.engine.state.RunExistsError`, unless ``overwrite``: the old run's files are
-    then moved into ``RUN_DIR/replaced-YYYYmmdd-HHMMSS/``."""
-    setup_logging()
-    dist.init_from_env()
-    rank, world, main = dist.rank(), dist.world_size(), dist.is_main()
-    run_dir = Path(cfg.train.out)
-    check_fresh_start(cfg, overwrite, move_aside=main)  # before anything is written
-    device = dist.pick_device(cfg.train.device)
-    start_time = time.perf_counter()
-    # ---- data
-    dataset = build_dataset(cfg) if dataset is None else dataset
-    resolve(cfg, len(dataset), world)
-    t, o = cfg.train, cfg.optim
-    # ---- the checkpoint to resume from, checked against this config before anything is built
-    resume_from, resume_ckpt = select_resume(cfg)
-    if resume_ckpt is not None:
-        check_resume_config(cfg, resume_ckpt, resume_from)
-    if main:
-        stale = remove_stale_temps(run_dir)
-        if stale:
-            log.info(
-                "removed %d stale temporary file(s) of an interrupted save in %s: %s",
-                len(stale),
-                run_dir,
-                ", ".join(p.name for p in stale),
-            )
-    loader, sampler = build_loader(dataset, cfg, rank, world, device)
-    # ---- model, optimizer
-    online, target = build_models(cfg, device, num_classes(dataset))
-    optimizer = build_optimizer(cfg, online)
-    scaler = torch.amp.GradScaler(device.type, enabled=t.precision == "fp16")
-    model = online
-    if dist.is_dist():
-        ids = [device.index] if device.type == "cuda" else None
-        model = torch.nn.parallel.DistributedDataParallel(online, device_ids=ids)
-    if t.compile:
-        model = torch.compile(model)
-        target = torch.compile(target) if target is not None else None
-    # ---- resume
-    step, loss_val = 0, float("nan")
-    if resume_ckpt is not None:
-        try:
-            step = restore(
-                resume_ckpt,
-                online,
-                dist.unwrap(target) if target is not None else None,
-                optimizer,
-                scaler,
-            )
-        except RuntimeError as err:  # load_state_dict: missing / unexpected keys, shapes
-            detail = " ".join(str(err).split())
-            raise ResumeMismatchError(
-                f"cannot resume from {resume_from}: its weights do not fit this model: "
-                f"{detail[:300]}{'...' if len(detail) > 300 else ''}"
-            ) from err
-        loss_val = _last_logged_loss(resume_ckpt, run_dir, step)
-        del resume_ckpt
-        log.info("resumed from %s at step %d", resume_from, step)
-    finished_before = resume_from is not None and step >= t.total_steps
-    if main:
-        save_yaml(cfg, run_dir / "config.yaml")
+def _remove_stale_temps(run_dir: Path) -> None:
+    stale = remove_stale_temps(run_dir)
+    if stale:
+        names = ", ".join(p.name for p in stale)
         log.info(
-            "run folder %s: %d steps of %d images (%d per process-step), %s on %s, world %d",
+            "removed %d stale temporary file(s) of an interrupted save in %s: %s",
+            len(stale),
             run_dir,
-            t.total_steps,
-            cfg.data.batch_size,
-            t.local_batch,
-            cfg.loss.method,
-            device,
-            world,
-        )
-        images = t.total_steps * cfg.data.batch_size
-        log.info(
-            "plan: %d steps = %.1f epochs of %d images, %d images seen%s",
-            t.total_steps,
-            t.total_steps / t.steps_per_epoch,
-            t.steps_per_epoch * cfg.data.batch_size,
-            images,
-            f" (from step {step}: {max(t.total_steps - step, 0)} to go)" if step else "",
+            names,
         )
 
-    def save(name: str = "last.pt") -> Path | None:
-        if not main:
-            return None
-        ckpt = make_checkpoint(
-            cfg,
-            step,
-            online,
-            dist.unwrap(target) if target is not None else None,
-            optimizer,
-            scaler,
-            loss=loss_val,
-        )
-        return checkpoint.save_atomic(ckpt, run_dir / name)
 
-    def terminal(fn, *args, **kwargs) -> None:
-        """Progress-bar output, which must neither stop training nor its final save when the
-        terminal or the pipe (``| tee``) has gone away: the bar is switched off instead."""
-        if pbar.disable:
+def _log_plan(cfg: Config, device, step: int) -> None:
+    t, batch = cfg.train, cfg.data.batch_size
+    log.info(
+        "run folder %s: %d steps of %d images (%d per process-step), %s on %s, world %d",
+        t.out,
+        t.total_steps,
+        batch,
+        t.local_batch,
+        cfg.loss.method,
+        device,
+        dist.world_size(),
+    )
+    log.info(
+        "plan: %d steps = %.1f epochs of %d images, %d images seen%s",
+        t.total_steps,
+        t.total_steps / t.steps_per_epoch,
+        t.steps_per_epoch * batch,
+        t.total_steps * batch,
+        f" (from step {step}: {max(t.total_steps - step, 0)} to go)" if step else "",
+    )
+
+
+class _Progress:
+    """The progress bar (rate and ETA). Its output must neither stop training nor its final save
+    when the terminal or the pipe (``| tee``) has gone away: the bar is switched off instead."""
+
+    def __init__(self, total: int, initial: int, enabled: bool):
+        kwargs = dict(total=total, initial=initial, disable=not enabled, desc="pretrain")
+        try:
+            self.bar = tqdm(dynamic_ncols=True, **kwargs)
+        except (OSError, ValueError):  # the terminal / pipe is already gone
+            self.bar = tqdm(**{**kwargs, "disable": True})
+
+    def _call(self, fn, *args, **kwargs) -> None:
+        if self.bar.disable:
             return
         try:
             fn(*args, **kwargs)
         except (OSError, ValueError):  # BrokenPipeError, EIO, write to a closed file
-            pbar.disable = True
+            self.bar.disable = True
 
-    # ---- loop
-    side = cfg.data.image_size // cfg.model.output_stride
-    grid, whole = (side, side), cfg.loss.method in WHOLE_IMAGE_METHODS
-    stop, writer = StopFlag(), MetricsWriter(run_dir, start_step=step)
-    guard = BufferGuard(online, target)
-    pbar = _open_progress(
-        total=t.total_steps,
-        initial=step,
-        disable=not (main and t.progress),
-        desc="pretrain",
-        dynamic_ncols=True,
-    )
-    epoch, skip = divmod(step, t.steps_per_epoch)
-    session_steps, stopped, drew_masks = 0, False, None
-    meter = Throughput(cfg.data.batch_size)
-    try:
-        while step < t.total_steps and not stopped:
-            sampler.set_epoch(epoch, skip=skip * t.local_batch * t.grad_accum)
-            batches = iter(loader)
-            for _ in range(t.steps_per_epoch - skip):
-                lr = lr_schedule(step, t.total_steps, o.warmup_steps, o.peak_lr)
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
-                tau = ema_schedule(step, t.total_steps, o.ema_base)
-                gen = mask_generator(t.seed, step, rank, device)
-                guard.snapshot()
-                for micro in range(t.grad_accum):
-                    t0 = time.perf_counter()
-                    batch = next(batches)
-                    meter.wait += time.perf_counter() - t0
-                    if main and not drew_masks:  # the first batch's views and region maps
-                        drew_masks = save_mask_figure(batch, run_dir / "masks.png")
-                    views, masks, labels, u = _to_device(batch, device, t.channels_last)
-                    cells, ids = prepare_masks(*masks, cfg.masks.num_masks, grid, gen, u, whole)
-                    last = micro == t.grad_accum - 1
-                    sync = model.no_sync() if dist.is_dist() and not last else nullcontext()
-                    with sync:
-                        with autocast_for(cfg, device):
-                            loss, con, acc = forward_loss(
-                                model, target, views, cells, ids, cfg, labels
-                            )
-                        bad, signalled = _agree(loss, stop.stop, device)
-                        if bad:  # checked BEFORE any update: what we save is the last good state
-                            guard.restore()  # undo the BN statistics of the bad forward
-                            raise NonFiniteLossError(
-                                f"non-finite loss at step {step} (loss={loss.item()}, lr={lr:.4g}, "
-                                f"tau={tau:.5f}); last good state saved to {save()}"
-                            )
-                        scaler.scale(loss / t.grad_accum).backward()
-                scaler.step(optimizer)
-                scaler.update()
-                optimizer.zero_grad(set_to_none=True)
-                if target is not None:
-                    ema_update_(dist.unwrap(target), online.net, tau)
-                step, session_steps, meter.steps = step + 1, session_steps + 1, meter.steps + 1
-                terminal(pbar.update, 1)
-                if step % t.log_every == 0 or step == t.total_steps:
-                    loss_val = dist.reduce_mean(con).item()
-                    record = {
-                        "step": step,
-                        "epoch": epoch,
-                        "loss": loss_val,
-                        "lr": lr,
-                        "tau": tau,
-                        **meter.record(),
-                        "memory_mb": memory_mb(device),
-                    }
-                    if acc is not None:
-                        record["probe_acc"] = dist.reduce_mean(acc).item()
-                    writer.write(record)
-                    terminal(pbar.set_postfix, loss=f"{loss_val:.4f}", lr=f"{lr:.3g}")
-                if t.keep_every and step % t.keep_every == 0:
-                    save(f"step_{step:07d}.pt")
-                stopped = signalled or (t.stop_after > 0 and session_steps >= t.stop_after)
-                if step % t.ckpt_every == 0 or step == t.total_steps or stopped:
-                    path = save()  # first save, then talk about it
-                    if signalled and path is not None:
-                        log.warning("stopped by a signal at step %d: saved %s", step, path)
-                if stopped or step >= t.total_steps:
-                    break
-            epoch, skip = epoch + 1, 0
-    finally:
-        stop.close()
-        terminal(pbar.close)
-        writer.close()
-    if main and (run_dir / "metrics.jsonl").exists():
-        save_loss_curve(run_dir / "metrics.jsonl", run_dir / "loss.png")
-    dist.barrier()
-    return {
-        "run_dir": str(run_dir),
-        "checkpoint": str(run_dir / "last.pt"),
-        "step": step,
-        "loss": loss_val,
-        "stopped": stopped,
-        "finished_before": finished_before,
-        "seconds": time.perf_counter() - start_time,
-    }
+    def update(self) -> None:
+        self._call(self.bar.update, 1)
+
+    def postfix(self, **values) -> None:
+        self._call(self.bar.set_postfix, **values)
+
+    def close(self) -> None:
+        self._call(self.bar.close)

@@ -107,7 +107,7 @@ def run(args) -> int:
         return 2
     from detcon import distributed
     from detcon.checkpoint import CheckpointCorruptError
-    from detcon.engine.state import ResumeError
+    from detcon.runs import ResumeError
     from detcon.train import NonFiniteLossError, train
 
     main = True

@@ -30,7 +30,7 @@ class ItemRandom:
     One shared ``random.Random(seed)`` is copied into every DataLoader worker (and re-copied
     each epoch), so with 2 workers the draws come in pairs and repeat every epoch. Instead,
     item ``index`` is augmented with ``random.Random(item_seed(seed ^ base, draw, index))``
-    (:func:`detcon.engine.data.item_seed`): ``draw`` counts how often this process has drawn
+    (:func:`detcon.data.loader.item_seed`): ``draw`` counts how often this process has drawn
     that index (0 in the first epoch, then 1, ...), and ``base`` is the DataLoader's base seed
     of the current workers (drawn from the main process's torch RNG when the workers start,
     i.e. every epoch without persistent workers; 0 in the main process). Items differ from each
@@ -41,7 +41,7 @@ class ItemRandom:
         self._draws: dict[int, int] = {}
 
     def __call__(self, index: int) -> random.Random:
-        from detcon.engine.data import item_seed
+        from detcon.data.loader import item_seed
 
         info = torch.utils.data.get_worker_info()
         base = 0 if info is None else int(info.seed) - int(info.id)

@@ -103,7 +103,7 @@ class EpochSampler(DistributedSampler):
 def build_dataset(cfg) -> Dataset:
     """The pretraining dataset named by ``cfg.data.data`` with ``cfg.masks.source`` region maps
     (``data.repeat`` is applied by :class:`SeededItems`, not here)."""
-    from detcon.data import build_pretrain_dataset
+    from detcon.data.builtin import build_pretrain_dataset
 
     d = cfg.data
     return build_pretrain_dataset(
