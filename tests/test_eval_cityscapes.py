@@ -157,6 +157,10 @@ def test_segment_cli_cityscapes_auto_detected(tmp_path, capsys):
     # wall (id 12) is never drawn: no IoU (None) unless predicted, then 0; road always has one
     assert m["per_class_iou"][3] in (None, 0.0)
     assert m["per_class_iou"][0] is not None
+    assert np.array(m["confusion_matrix"]).shape == (19, 19)
+    assert (tmp_path / "cs.per_class_iou.png").is_file() and (
+        tmp_path / "cs.confusion.png"
+    ).is_file()
     bad = _argv(ck, root, tmp_path / "bad.json", "--dataset", "cityscapes", "--num-classes", "3")
     assert main(bad) == 2  # a one-line error from the CLI
     assert "19 train ids" in capsys.readouterr().err

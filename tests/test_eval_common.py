@@ -123,3 +123,34 @@ def test_write_result_and_unchanged_check(tmp_path):
         net.layer1[0].bn1.running_mean[0] += 1e-7
     with pytest.raises(AssertionError, match="changed"):
         assert_unchanged(net, before)
+
+
+def test_backbone_from_checkpoint_is_strict_and_keeps_the_padding(tmp_path):
+    ck = make_checkpoint(tmp_path / "ck.pt")
+    raw = ckpt_io.load(ck)
+    net, info = ckpt_io.backbone_from_checkpoint(ck, "target")
+    assert info == {
+        "path": str(ck.resolve()),
+        "which": "target",
+        "arch": "resnet18",
+        "width_multiplier": 1,
+        "padding": "torch",  # a checkpoint without the key was trained with torch padding
+        "step": 7,
+    }
+    for k, v in net.state_dict().items():
+        assert torch.equal(v, raw["target"][f"backbone.{k}"]), k
+    # the padding recorded in the checkpoint is used unless overridden
+    raw["model"]["padding"] = "same"
+    ckpt_io.save_atomic(raw, tmp_path / "same.pt")
+    assert ckpt_io.backbone_from_checkpoint(tmp_path / "same.pt")[0].padding == "same"
+    net, info = ckpt_io.backbone_from_checkpoint(tmp_path / "same.pt", padding="torch")
+    assert net.padding == "torch" and info["padding"] == "torch"
+    _, src = load_backbone(checkpoint=tmp_path / "same.pt")
+    assert src["kind"] == "checkpoint" and src["padding"] == "same"
+    # a missing or an extra backbone key is an error naming it
+    del raw["online"]["backbone.layer2.0.bn1.running_var"]
+    raw["online"]["backbone.layer9.weight"] = torch.zeros(1)
+    ckpt_io.save_atomic(raw, tmp_path / "bad.pt")
+    with pytest.raises(ValueError, match=r"bad\.pt.*layer2\.0\.bn1\.running_var.*layer9\.weight"):
+        ckpt_io.backbone_from_checkpoint(tmp_path / "bad.pt")
+    assert ckpt_io.backbone_from_checkpoint(tmp_path / "bad.pt", "target")[1]["which"] == "target"

@@ -108,6 +108,53 @@ def test_segment_cli(tmp_path, mode):
     assert 0.0 <= res["metrics"]["miou"] <= 1.0
     assert len(res["metrics"]["per_class_iou"]) == 3
     assert res["config"]["num_train"] == 4 and res["config"]["num_val"] == 2
+    # the confusion matrix counts every labelled val pixel once, and the reported IoU and
+    # pixel accuracy follow from it by their definitions
+    m = res["metrics"]
+    cm = np.array(m["confusion_matrix"])
+    labelled = sum(int((mask != 255).sum()) for _, mask in VOCSegmentation(root, "val"))
+    assert cm.shape == (3, 3) and cm.sum() == labelled
+    for c in range(3):
+        union = cm[c, :].sum() + cm[:, c].sum() - cm[c, c]
+        if union == 0:
+            assert m["per_class_iou"][c] is None
+        else:
+            assert m["per_class_iou"][c] == pytest.approx(cm[c, c] / union, abs=1e-6)
+    assert m["pixel_accuracy"] == pytest.approx(np.trace(cm) / cm.sum())
+    # ... and both figures are written next to the JSON
+    for suffix in ("per_class_iou", "confusion"):
+        with Image.open(tmp_path / f"{mode}.{suffix}.png") as png:
+            assert png.format == "PNG" and png.width > 100 and png.height > 100
+
+
+def test_per_class_iou_figure_draws_the_values():
+    from detcon.evaluation.figures import per_class_iou_figure
+
+    fig = per_class_iou_figure([0.5, None, 0.25], ["bg", "cat", "dog"], miou=0.375)
+    ax = fig.axes[0]
+    assert [b.get_height() for b in ax.patches] == [0.5, 0.0, 0.25]  # absent class: empty bar
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["bg", "cat", "dog"]
+    assert "n/a" in [t.get_text() for t in ax.texts]
+    (line,) = ax.get_lines()
+    assert list(line.get_ydata()) == [0.375, 0.375]
+    with pytest.raises(ValueError, match="2 IoU values for 3"):
+        per_class_iou_figure([0.5, 0.5], ["a", "b", "c"], 0.5)
+
+
+def test_confusion_figure_is_row_normalised(tmp_path):
+    from detcon.evaluation.figures import confusion_figure, save_figure
+
+    cm = [[3, 1, 0], [0, 0, 0], [2, 2, 4]]  # class 1 has no ground-truth pixels
+    fig = confusion_figure(cm, ["a", "b", "c"])
+    drawn = np.asarray(fig.axes[0].images[0].get_array())
+    expected = [[0.75, 0.25, 0.0], [0.0, 0.0, 0.0], [0.25, 0.25, 0.5]]  # by hand
+    assert np.allclose(drawn, expected)
+    assert [t.get_text() for t in fig.axes[0].texts] == ["75", "25", "0", "0", "0", "0",
+                                                         "25", "25", "50"]  # fmt: skip
+    path = save_figure(fig, tmp_path / "cm.png")
+    with Image.open(path) as png:
+        assert png.format == "PNG"
+    assert [p.name for p in tmp_path.iterdir()] == ["cm.png"]  # no temporary file left
 
 
 def test_linear_probe_head_is_invariant_to_feature_scale():

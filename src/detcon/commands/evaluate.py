@@ -1,8 +1,11 @@
 """``detcon eval {linear,knn,segment,detect}``: transfer evaluation of a backbone.
 
-Every sub-command takes the backbone from ``--checkpoint CKPT`` or ``--backbone-weights
-torchvision|random`` and writes a JSON result (protocol, backbone source, config, metrics) to
-``--out`` or next to the checkpoint. Protocol details: ``docs/evaluation.md``.
+Each sub-command's options are the fields of its config dataclass in
+:mod:`detcon.evaluation.config` (option ``--image-size`` for field ``image_size``, the same
+defaults; the tests check both match). :func:`config_from_args` builds the config from the
+parsed arguments and the protocol's ``run_*`` function takes it. The parsers are written out
+here rather than generated from the dataclasses so that ``detcon --help`` imports no torch.
+Protocol details: ``docs/evaluation.md``.
 """
 
 from __future__ import annotations
@@ -11,125 +14,222 @@ import argparse
 import logging
 import os
 
+DESCRIPTION = """\
+Transfer evaluation of one backbone, taken from --checkpoint CKPT (a detcon pretraining
+checkpoint) or --backbone-weights torchvision|random. Every protocol writes a JSON result
+(protocol, backbone source, config, metrics) to --out or next to the checkpoint; segment also
+writes its per-class IoU chart and confusion matrix as PNG files next to the JSON. Protocols
+and dataset layouts: docs/evaluation.md."""
 
-def _common(p: argparse.ArgumentParser, *, image_size: int, batch_size: int, epochs: int) -> None:
+PROTOCOL_HELP = {
+    "linear": "linear probe on cached frozen features (ImageFolder train/ and val/)",
+    "knn": "weighted kNN on frozen features (ImageFolder train/ and val/)",
+    "segment": "semantic segmentation (PASCAL VOC or Cityscapes layout)",
+    "detect": "Mask R-CNN + FPN detection and instance segmentation (COCO layout)",
+}
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Keeps the description's line breaks and appends ``(default: X)`` to every option whose
+    default says something (not to unset options, switches or required options)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if (
+            "%(default)" in text
+            or action.required
+            or not action.option_strings
+            or any(action.default is v for v in (None, False, True, argparse.SUPPRESS))
+        ):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+def _common(
+    p: argparse.ArgumentParser, *, image_size: tuple[int, str], batch_size: tuple[int, str]
+) -> None:
+    """The options of :class:`detcon.evaluation.config.EvalConfig` plus the two every
+    protocol has with its own meaning and default: ``(default, help)`` of the image size and
+    the batch size."""
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--checkpoint", help="detcon pretraining checkpoint (.pt)")
+    src.add_argument(
+        "--checkpoint",
+        metavar="CKPT",
+        help="detcon pretraining checkpoint (.pt); architecture, width and padding come from it",
+    )
     src.add_argument(
         "--backbone-weights",
         choices=["torchvision", "random"],
-        help="baseline backbones: torchvision supervised ImageNet (from the local "
-        "torch hub cache only; never downloaded) or random init",
+        help="a baseline instead: torchvision supervised ImageNet weights (from the local "
+        "torch hub cache only, never downloaded) or random init (seeded by --seed)",
     )
-    p.add_argument(
-        "--arch",
-        default="resnet50",
-        help="architecture for --backbone-weights (checkpoints record their own)",
-    )
+    p.add_argument("--arch", default="resnet50", help="architecture for --backbone-weights")
     p.add_argument(
         "--which",
         choices=["online", "target"],
         default="online",
         help="which network of the checkpoint to evaluate",
     )
-    p.add_argument("--data", required=True, help="dataset root (layout: see docs/evaluation.md)")
-    p.add_argument("--out", help="result JSON path (default: next to the checkpoint)")
-    p.add_argument("--image-size", type=int, default=image_size)
-    p.add_argument("--batch-size", type=int, default=batch_size)
-    p.add_argument("--epochs", type=int, default=epochs)
-    p.add_argument("--workers", type=int, default=4)
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--data", required=True, metavar="ROOT", help="dataset root (layout: docs/evaluation.md)"
+    )
+    p.add_argument(
+        "--out",
+        metavar="JSON",
+        help="result path (default: CKPT_STEM.eval_PROTOCOL.json next to the checkpoint)",
+    )
+    p.add_argument("--image-size", type=int, default=image_size[0], help=image_size[1])
+    p.add_argument("--batch-size", type=int, default=batch_size[0], help=batch_size[1])
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=4,
+        help="data-loading processes (capped at the available cores)",
+    )
+    p.add_argument(
+        "--device",
+        default="auto",
+        help="auto (this process's GPU if CUDA is available, else cpu), cpu, cuda or cuda:N",
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of the probe / head and data order")
+
+
+_CROP = (224, "centre-crop size (the short side is resized to size*256/224 first)")
+_FEATURE_BATCH = (256, "images per batch of the feature extraction")
+
+
+def _add_linear(p: argparse.ArgumentParser) -> None:
+    _common(p, image_size=_CROP, batch_size=_FEATURE_BATCH)
+    p.add_argument("--epochs", type=int, default=100, help="passes over the cached features")
+    p.add_argument("--lr", type=float, default=0.1, help="peak lr (SGD, Nesterov, cosine)")
+    p.add_argument("--weight-decay", type=float, default=0.0, help="weight decay of the probe")
+    p.add_argument("--probe-batch-size", type=int, default=1024, help="features per probe step")
+
+
+def _add_knn(p: argparse.ArgumentParser) -> None:
+    _common(p, image_size=_CROP, batch_size=_FEATURE_BATCH)
+    p.add_argument("--k", type=int, default=20, help="nearest training images that vote")
+    p.add_argument(
+        "--temperature", type=float, default=0.07, help="vote weight exp(cosine sim / T)"
+    )
+
+
+def _add_segment(p: argparse.ArgumentParser) -> None:
+    _common(
+        p,
+        image_size=(513, "side of the square random training crop"),
+        batch_size=(16, "training images per step"),
+    )
+    p.add_argument("--epochs", type=int, default=45, help="passes over the training split")
+    p.add_argument(
+        "--mode",
+        choices=["linear", "finetune"],
+        default="finetune",
+        help="linear: 1x1 conv on frozen features; finetune: FCN, all layers trained",
+    )
+    p.add_argument(
+        "--lr", type=float, default=None, help="peak lr (default 0.02 finetune, 0.1 linear)"
+    )
+    p.add_argument("--weight-decay", type=float, default=1e-4, help="SGD weight decay")
+    p.add_argument(
+        "--dataset",
+        choices=["voc", "cityscapes"],
+        default=None,
+        help="dataset layout (default: detected, ROOT/leftImg8bit: cityscapes, ROOT/JPEGImages: voc)",
+    )
+    p.add_argument(
+        "--num-classes", type=int, default=None, help="classes (default 21 voc, 19 cityscapes)"
+    )
+    p.add_argument("--train-split", default="train", help="training split (voc: train, train_aug)")
+    p.add_argument("--val-split", default="val", help="evaluation split")
+    p.add_argument(
+        "--no-dilation",
+        dest="dilate",
+        action="store_false",
+        help="keep output stride 32 (default: finetune dilates layer3/layer4, output stride 8)",
+    )
+    p.add_argument("--max-iters", type=int, default=None, help="stop after this many steps")
+
+
+def _add_detect(p: argparse.ArgumentParser) -> None:
+    _common(
+        p,
+        image_size=(800, "short side of the resized images"),
+        batch_size=(16, "global training batch (split over the processes under torchrun)"),
+    )
+    p.add_argument("--images", help="training images folder (default ROOT/train2017)")
+    p.add_argument(
+        "--val-images", help="validation images (default: --images if given, else ROOT/val2017)"
+    )
+    p.add_argument("--train-json", help="default ROOT/annotations/instances_train2017.json")
+    p.add_argument("--val-json", help="default ROOT/annotations/instances_val2017.json")
+    p.add_argument("--max-iters", type=int, default=90_000, help="1x schedule: 90k at batch 16")
+    p.add_argument("--lr", type=float, default=0.02, help="for batch 16; scaled linearly")
+    p.add_argument("--weight-decay", type=float, default=1e-4, help="SGD weight decay")
+    p.add_argument("--warmup-iters", type=int, default=1000, help="linear warmup from 0.001x")
+    p.add_argument(
+        "--frozen-bn",
+        action="store_true",
+        help="FrozenBatchNorm2d in the backbone (default: BN trained, SyncBN in DDP on GPUs)",
+    )
+    p.add_argument(
+        "--max-size", type=int, default=None, help="longest side (default 1333 * image-size / 800)"
+    )
+    p.add_argument("--max-detections", type=int, default=100, help="detections kept per image")
+    p.add_argument("--eval-only", action="store_true", help="skip training (a sanity check)")
+
+
+_ADDERS = {"linear": _add_linear, "knn": _add_knn, "segment": _add_segment, "detect": _add_detect}
 
 
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser(
         "eval",
         help="transfer evaluation (linear, knn, segment, detect)",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=DESCRIPTION,
+        formatter_class=HelpFormatter,
     )
     sub = parser.add_subparsers(dest="protocol", metavar="PROTOCOL", required=True)
+    for protocol, add in _ADDERS.items():
+        p = sub.add_parser(
+            protocol,
+            help=PROTOCOL_HELP[protocol],
+            description=f"{PROTOCOL_HELP[protocol]}.\n\n{DESCRIPTION}",
+            formatter_class=HelpFormatter,
+        )
+        add(p)
+        p.set_defaults(func=run, protocol=protocol)
 
-    p = sub.add_parser("linear", help="linear probe on cached frozen features (ImageFolder)")
-    _common(p, image_size=224, batch_size=256, epochs=100)
-    p.add_argument("--lr", type=float, default=0.1)
-    p.add_argument("--weight-decay", type=float, default=0.0)
-    p.add_argument("--probe-batch-size", type=int, default=1024)
-    p.set_defaults(func=run, protocol="linear")
 
-    p = sub.add_parser("knn", help="weighted kNN on frozen features (ImageFolder)")
-    _common(p, image_size=224, batch_size=256, epochs=0)
-    p.add_argument("--k", type=int, default=20)
-    p.add_argument("--temperature", type=float, default=0.07)
-    p.set_defaults(func=run, protocol="knn")
+def config_from_args(args: argparse.Namespace, **override):
+    """The protocol's config (:mod:`detcon.evaluation.config`) from parsed arguments; the
+    keyword arguments replace fields."""
+    import dataclasses
 
-    p = sub.add_parser("segment", help="semantic segmentation (PASCAL VOC or Cityscapes layout)")
-    _common(p, image_size=513, batch_size=16, epochs=45)
-    p.add_argument(
-        "--mode",
-        choices=["linear", "finetune"],
-        default="finetune",
-        help="linear: 1x1 conv on frozen features; finetune: FCN, all layers",
-    )
-    p.add_argument("--lr", type=float, default=None, help="default 0.02 (finetune) / 0.1 (linear)")
-    p.add_argument("--weight-decay", type=float, default=1e-4)
-    p.add_argument(
-        "--dataset",
-        choices=["voc", "cityscapes"],
-        default=None,
-        help="default: auto-detect (ROOT/leftImg8bit -> cityscapes, ROOT/JPEGImages -> voc)",
-    )
-    p.add_argument(
-        "--num-classes", type=int, default=None, help="default 21 (voc) / 19 (cityscapes)"
-    )
-    p.add_argument(
-        "--train-split", default="train", help="voc: train or train_aug, ...; cityscapes: train"
-    )
-    p.add_argument("--val-split", default="val")
-    p.add_argument(
-        "--no-dilation",
-        action="store_true",
-        help="keep output stride 32 (default: dilate layer3/4, output stride 8)",
-    )
-    p.add_argument("--max-iters", type=int, default=None, help="stop after this many steps")
-    p.set_defaults(func=run, protocol="segment")
+    from detcon.evaluation.config import CONFIGS
 
-    p = sub.add_parser("detect", help="Mask R-CNN + FPN detection on COCO layout")
-    _common(p, image_size=800, batch_size=16, epochs=0)
-    p.add_argument("--images", help="training images dir (default ROOT/train2017)")
-    p.add_argument(
-        "--val-images", help="validation images dir (default: --images if given, else ROOT/val2017)"
-    )
-    p.add_argument("--train-json", help="default ROOT/annotations/instances_train2017.json")
-    p.add_argument("--val-json", help="default ROOT/annotations/instances_val2017.json")
-    p.add_argument("--max-iters", type=int, default=90_000, help="1x schedule: 90k at batch 16")
-    p.add_argument("--lr", type=float, default=0.02, help="for batch 16; scaled linearly")
-    p.add_argument("--weight-decay", type=float, default=1e-4)
-    p.add_argument("--warmup-iters", type=int, default=1000)
-    p.add_argument(
-        "--frozen-bn",
-        action="store_true",
-        help="FrozenBatchNorm2d in the backbone (default: BN trained, SyncBN in DDP)",
-    )
-    p.add_argument(
-        "--max-size", type=int, default=None, help="longest side (default 1333 * image-size / 800)"
-    )
-    p.add_argument("--max-detections", type=int, default=100, help="per image (COCO: 100)")
-    p.add_argument("--eval-only", action="store_true", help="skip training (sanity check)")
-    p.set_defaults(func=run, protocol="detect")
+    cls = CONFIGS[args.protocol]
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls)}
+    return cls(**{**values, **override})
+
+
+def _available_workers(requested: int) -> int:
+    """``requested`` capped at the cores this process may use, with one log line (torch
+    would otherwise warn once per DataLoader)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    if cores and requested > cores:
+        logging.getLogger("detcon.eval").warning(
+            "--workers %d is more than the %d cores available: using %d", requested, cores, cores
+        )
+        return cores
+    return requested
 
 
 def run(args) -> int:
-    from detcon.evaluation.common import default_result_path, write_result
+    from detcon.evaluation.common import save_outputs
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    if cores and args.workers > cores:  # one line here instead of a warning per DataLoader
-        logging.getLogger("detcon.eval").warning(
-            "--workers %d is more than the %d cores available: using %d", args.workers, cores, cores
-        )
-        args.workers = cores
+    cfg = config_from_args(args, workers=_available_workers(args.workers))
     if args.protocol == "linear":
         from detcon.evaluation.linear import run_linear as job
     elif args.protocol == "knn":
@@ -138,12 +238,14 @@ def run(args) -> int:
         from detcon.evaluation.segmentation import run_segmentation as job
     else:
         from detcon.evaluation.detection import run_detection as job
-    result = job(args)
+    result = job(cfg)
     if result is None:  # non-main process of a distributed run
         return 0
-    path = write_result(result, default_result_path(args, args.protocol))
+    path, *extra = save_outputs(result, cfg, args.protocol)
     summary = ", ".join(
         f"{k}={v:.4f}" for k, v in result["metrics"].items() if isinstance(v, float)
     )
     print(f"{args.protocol}: {summary}\nresult written to {path}")
+    for figure in extra:
+        print(f"figure written to {figure}")
     return 0

@@ -9,7 +9,15 @@ from detcon.evaluation.cityscapes import CityscapesSegmentation
 from detcon.evaluation.coco import CocoInstances
 from detcon.evaluation.common import (
     load_backbone,
+    save_outputs,
     write_result,
+)
+from detcon.evaluation.config import (
+    DetectEvalConfig,
+    EvalConfig,
+    KnnEvalConfig,
+    LinearEvalConfig,
+    SegmentEvalConfig,
 )
 from detcon.evaluation.detection import run_detection
 from detcon.evaluation.features import (
@@ -33,7 +41,13 @@ from detcon.evaluation.segmentation import run_segmentation
 from detcon.evaluation.voc import VOCSegmentation
 
 __all__ = [
+    "EvalConfig",
+    "LinearEvalConfig",
+    "KnnEvalConfig",
+    "SegmentEvalConfig",
+    "DetectEvalConfig",
     "load_backbone",
+    "save_outputs",
     "write_result",
     "extract_features",
     "eval_transform",

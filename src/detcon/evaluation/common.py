@@ -1,12 +1,12 @@
-"""Shared pieces of every evaluation: building the backbone to evaluate, devices, results JSON.
+"""Shared pieces of every evaluation: building the backbone to evaluate, results on disk.
 
 A backbone comes from exactly one of:
 
-- ``--checkpoint CKPT``: a detcon pretraining checkpoint (layout in :mod:`detcon.checkpoint`);
-  ``--which online|target`` picks the network;
-- ``--backbone-weights torchvision``: torchvision's supervised ImageNet weights for ``--arch``,
+- a detcon pretraining checkpoint (``checkpoint``, ``which`` online or target), read with
+  :func:`detcon.checkpoint.backbone_from_checkpoint`;
+- ``backbone_weights="torchvision"``: torchvision's supervised ImageNet weights for ``arch``,
   read from the torch hub cache only (this library never downloads);
-- ``--backbone-weights random``: a freshly initialised backbone (seeded by ``--seed``).
+- ``backbone_weights="random"``: a freshly initialised backbone (seeded by ``seed``).
 """
 
 from __future__ import annotations
@@ -19,14 +19,9 @@ import torch
 from torch import nn
 
 from detcon import checkpoint as ckpt_io
+from detcon.evaluation.config import EvalConfig
 from detcon.fileio import atomic_write
-
-
-def build_backbone(name: str, width_multiplier: int = 1, padding: str = "torch") -> nn.Module:
-    """The project's ``Backbone`` (torchvision ResNet child names, no avgpool/fc)."""
-    from detcon.model.backbone import build_backbone as _build
-
-    return _build(name, width_multiplier=width_multiplier, padding=padding)
+from detcon.model.backbone import build_backbone, load_torchvision_weights
 
 
 def _torchvision_weight_file(arch: str) -> Path:
@@ -49,7 +44,7 @@ def _torchvision_weight_file(arch: str) -> Path:
 
 
 def load_backbone(
-    checkpoint: str | None = None,
+    checkpoint: str | os.PathLike | None = None,
     backbone_weights: str | None = None,
     arch: str = "resnet50",
     which: str = "online",
@@ -64,61 +59,59 @@ def load_backbone(
     if (checkpoint is None) == (backbone_weights is None):
         raise ValueError("give exactly one of --checkpoint or --backbone-weights")
     if checkpoint is not None:
-        ckpt = ckpt_io.load(checkpoint)
-        model_info = ckpt.get("model") or {}
-        if "backbone" not in model_info:
-            raise KeyError(f"{checkpoint}: checkpoint['model']['backbone'] missing")
-        width = int(model_info.get("width_multiplier", 1))
-        # evaluate with the padding it was trained with (checkpoints before the key: torch)
-        padding = str(model_info.get("padding", "torch"))
-        backbone = build_backbone(model_info["backbone"], width, padding)
-        backbone.load_state_dict(ckpt_io.backbone_state_dict(ckpt, which), strict=True)
-        source = {
-            "kind": "checkpoint",
-            "path": str(Path(checkpoint).resolve()),
-            "which": which,
-            "arch": model_info["backbone"],
-            "width_multiplier": width,
-            "padding": padding,
-            "step": ckpt.get("step"),
-        }
-        return backbone, source
+        # evaluated with the padding it was trained with (checkpoints before the key: torch)
+        backbone, info = ckpt_io.backbone_from_checkpoint(checkpoint, which)
+        return backbone, {"kind": "checkpoint", **info}
     if backbone_weights == "random":
         torch.manual_seed(seed)
         return build_backbone(arch), {"kind": "random", "arch": arch, "seed": seed}
     if backbone_weights == "torchvision":
         path = _torchvision_weight_file(arch)
         state = torch.load(path, map_location="cpu", weights_only=True)
-        state = {k: v for k, v in state.items() if not k.startswith("fc.")}
-        backbone = build_backbone(arch)
-        backbone.load_state_dict(state, strict=True)
+        backbone = load_torchvision_weights(build_backbone(arch), state)
         return backbone, {"kind": "torchvision", "arch": arch, "path": str(path)}
     raise ValueError(
         f"--backbone-weights must be 'torchvision' or 'random', got {backbone_weights!r}"
     )
 
 
-def backbone_from_args(args) -> tuple[nn.Module, dict]:
-    """:func:`load_backbone` from the common command-line arguments."""
-    return load_backbone(args.checkpoint, args.backbone_weights, args.arch, args.which, args.seed)
+def backbone_from_config(cfg: EvalConfig) -> tuple[nn.Module, dict]:
+    """:func:`load_backbone` with the source fields of an evaluation config."""
+    return load_backbone(cfg.checkpoint, cfg.backbone_weights, cfg.arch, cfg.which, cfg.seed)
 
 
-def resolve_device(name: str | None) -> torch.device:
-    """``"auto"``/None -> cuda if available else cpu; otherwise ``torch.device(name)``."""
-    if name in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+def check_config(cfg: object, cls: type[EvalConfig]) -> None:
+    """Refuse anything but a ``cls`` (an ``argparse.Namespace``, a dict, another protocol's
+    config) with a ``TypeError`` that says how to build one."""
+    if not isinstance(cfg, cls):
+        raise TypeError(
+            f"expected a {cls.__name__} (e.g. {cls.__name__}(checkpoint=..., data=...)), "
+            f"got {type(cfg).__name__}"
+        )
 
 
-def default_result_path(args, protocol: str) -> Path:
-    """``--out`` if given, else ``<checkpoint stem>.eval_<protocol>.json`` next to the
+def default_result_path(cfg: EvalConfig, protocol: str) -> Path:
+    """``out`` if given, else ``<checkpoint stem>.eval_<protocol>.json`` next to the
     checkpoint, else ``eval_<protocol>_<weights>_<arch>.json`` in the working directory."""
-    if getattr(args, "out", None):
-        return Path(args.out)
-    if getattr(args, "checkpoint", None):
-        ck = Path(args.checkpoint)
+    if cfg.out:
+        return Path(cfg.out)
+    if cfg.checkpoint:
+        ck = Path(cfg.checkpoint)
         return ck.with_name(f"{ck.stem}.eval_{protocol}.json")
-    return Path(f"eval_{protocol}_{args.backbone_weights}_{args.arch}.json")
+    return Path(f"eval_{protocol}_{cfg.backbone_weights}_{cfg.arch}.json")
+
+
+def save_outputs(result: dict, cfg: EvalConfig, protocol: str) -> list[Path]:
+    """Write ``result`` to :func:`default_result_path` and, for a segmentation result, its
+    figures next to it (:func:`detcon.evaluation.figures.save_segmentation_figures`). Returns
+    the paths written, the JSON first."""
+    path = write_result(result, default_result_path(cfg, protocol))
+    written = [path]
+    if protocol == "segment":
+        from detcon.evaluation.figures import save_segmentation_figures
+
+        written += save_segmentation_figures(result, path)
+    return written
 
 
 def write_result(result: dict, path: str | os.PathLike) -> Path:

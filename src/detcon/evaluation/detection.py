@@ -12,6 +12,7 @@ and mask AP from ``pycocotools.cocoeval.COCOeval``. Runs under ``torchrun`` (DDP
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -20,6 +21,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from detcon import distributed as dist
+from detcon.evaluation.config import DetectEvalConfig
 
 log = logging.getLogger(__name__)
 
@@ -164,21 +166,9 @@ def _infinite(loader, sampler):
         epoch += 1
 
 
-def train_detection(
-    model,
-    dataset,
-    *,
-    device,
-    max_iters: int,
-    batch_size: int,
-    lr: float,
-    weight_decay: float,
-    warmup_iters: int,
-    workers: int,
-    seed: int,
-) -> float:
-    """SGD on the 1x step schedule for ``max_iters`` iterations of global batch
-    ``batch_size`` (split over the processes). Returns the last total loss."""
+def _train_loader(dataset, batch_size: int, workers: int, seed: int):
+    """``(loader, sampler)``: this process's share of the global ``batch_size``; the sampler
+    is a ``DistributedSampler`` under DDP, else None (the loader shuffles)."""
     from detcon.evaluation.coco import collate
 
     per_rank = batch_size // dist.world_size()
@@ -197,6 +187,25 @@ def train_detection(
     )
     if len(loader) == 0:
         raise ValueError(f"{len(dataset)} training images < per-process batch {per_rank}")
+    return loader, sampler
+
+
+def train_detection(
+    model,
+    dataset,
+    *,
+    device,
+    max_iters: int,
+    batch_size: int,
+    lr: float,
+    weight_decay: float,
+    warmup_iters: int,
+    workers: int,
+    seed: int,
+) -> float:
+    """SGD on the 1x step schedule for ``max_iters`` iterations of global batch
+    ``batch_size`` (split over the processes). Returns the last total loss."""
+    loader, sampler = _train_loader(dataset, batch_size, workers, seed)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=weight_decay)
     model.train()
@@ -230,68 +239,111 @@ def train_detection(
     return loss.item()
 
 
-def run_detection(args) -> dict | None:
+def coco_paths(cfg: DetectEvalConfig) -> dict[str, Path]:
+    """Training / validation images and annotation files of ``cfg``, with the COCO defaults
+    under ``cfg.data`` for those not given (``images`` serves validation too when given)."""
+    root = Path(cfg.data)
+    return {
+        "train_images": Path(cfg.images or root / "train2017"),
+        "val_images": Path(cfg.val_images or cfg.images or root / "val2017"),
+        "train_json": Path(cfg.train_json or root / "annotations" / "instances_train2017.json"),
+        "val_json": Path(cfg.val_json or root / "annotations" / "instances_val2017.json"),
+    }
+
+
+def _prepare_model(
+    cfg: DetectEvalConfig, backbone: nn.Module, num_classes: int, device, distributed: bool
+) -> tuple[nn.Module, nn.Module, bool]:
+    """Mask R-CNN on ``backbone`` moved to ``device``; returns ``(model, train_model,
+    sync_bn)`` where ``train_model`` is ``model`` wrapped in DDP when distributed."""
+    model = build_mask_rcnn(
+        backbone,
+        num_classes,
+        frozen_bn=cfg.frozen_bn,
+        min_size=cfg.image_size,
+        max_size=_max_size(cfg),
+        max_detections=cfg.max_detections,
+    )
+    sync_bn = distributed and not cfg.frozen_bn and device.type == "cuda"
+    if sync_bn:
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    elif distributed and not cfg.frozen_bn:  # SyncBatchNorm is GPU-only in PyTorch
+        log.warning("DDP on CPU: BN statistics stay per-process (no SyncBN on CPU)")
+    model.to(device)
+    train_model = model
+    if distributed:
+        train_model = nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
+    return model, train_model, sync_bn
+
+
+def _max_size(cfg: DetectEvalConfig) -> int:
+    return cfg.max_size or round(cfg.image_size * 1333 / 800)
+
+
+def _lr(cfg: DetectEvalConfig) -> float:
+    return cfg.lr * cfg.batch_size / 16  # linear scaling from the batch-16 recipe
+
+
+def _config_record(cfg: DetectEvalConfig, paths, sync_bn, world, train_set, val_set) -> dict:
+    """Every hyperparameter the run used, with the derived ones resolved (for the JSON)."""
+    return {
+        "max_iters": cfg.max_iters,
+        "batch_size": cfg.batch_size,
+        "lr": _lr(cfg),
+        "base_lr_batch16": cfg.lr,
+        "weight_decay": cfg.weight_decay,
+        "warmup_iters": cfg.warmup_iters,
+        "lr_steps": [cfg.max_iters * 2 // 3, cfg.max_iters * 8 // 9],
+        "min_size": cfg.image_size,
+        "max_size": _max_size(cfg),
+        "frozen_bn": cfg.frozen_bn,
+        "max_detections": cfg.max_detections,
+        "sync_bn": sync_bn,
+        "world_size": world,
+        "train_json": str(paths["train_json"]),
+        "val_json": str(paths["val_json"]),
+        "num_train": len(train_set),
+        "num_val": len(val_set),
+    }
+
+
+def run_detection(cfg: DetectEvalConfig) -> dict | None:
     """``detcon eval detect``: fine-tune Mask R-CNN on the train JSON, AP on the val JSON.
     Under torchrun every process trains; only the main process returns the result."""
-    from pathlib import Path
-
     from detcon.evaluation.coco import CocoInstances
-    from detcon.evaluation.common import backbone_from_args, resolve_device
+    from detcon.evaluation.common import backbone_from_config, check_config
 
-    root = Path(args.data)
-    train_json = args.train_json or root / "annotations" / "instances_train2017.json"
-    val_json = args.val_json or root / "annotations" / "instances_val2017.json"
-    train_images = args.images or root / "train2017"
-    val_images = args.val_images or args.images or root / "val2017"  # --images serves both
-    distributed = dist.init_from_env()
+    check_config(cfg, DetectEvalConfig)
+    paths = coco_paths(cfg)
+    device = dist.pick_device(cfg.device)  # this process's GPU (LOCAL_RANK) under torchrun
+    distributed = dist.init_from_env(backend=None if device.type == "cuda" else "gloo")
     try:
-        device = (
-            torch.device("cuda", dist.local_rank())
-            if distributed and torch.cuda.is_available()
-            else resolve_device(args.device)
-        )
-        torch.manual_seed(args.seed + dist.rank())
-        backbone, source = backbone_from_args(args)
+        torch.manual_seed(cfg.seed + dist.rank())
+        backbone, source = backbone_from_config(cfg)
         train_set = CocoInstances(
-            train_images, train_json, train=True, seed=args.seed + dist.rank()
+            paths["train_images"], paths["train_json"], train=True, seed=cfg.seed + dist.rank()
         )
-        val_set = CocoInstances(val_images, val_json, train=False)
+        val_set = CocoInstances(paths["val_images"], paths["val_json"], train=False)
         if val_set.cat_ids != train_set.cat_ids:
             raise ValueError("train and val annotation files have different category ids")
-        max_size = args.max_size or round(args.image_size * 1333 / 800)
-        model = build_mask_rcnn(
-            backbone,
-            train_set.num_classes,
-            frozen_bn=args.frozen_bn,
-            min_size=args.image_size,
-            max_size=max_size,
-            max_detections=args.max_detections,
+        model, train_model, sync_bn = _prepare_model(
+            cfg, backbone, train_set.num_classes, device, distributed
         )
-        sync_bn = distributed and not args.frozen_bn and device.type == "cuda"
-        if sync_bn:
-            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-        elif distributed and not args.frozen_bn:  # SyncBatchNorm is GPU-only in PyTorch
-            log.warning("DDP on CPU: BN statistics stay per-process (no SyncBN on CPU)")
-        model.to(device)
-        train_model = model
-        if distributed:
-            train_model = nn.parallel.DistributedDataParallel(
-                model, device_ids=[device.index] if device.type == "cuda" else None
-            )
-        lr = args.lr * args.batch_size / 16  # linear scaling from the batch-16 recipe
         last_loss = float("nan")
-        if not args.eval_only:
+        if not cfg.eval_only:
             last_loss = train_detection(
                 train_model,
                 train_set,
                 device=device,
-                max_iters=args.max_iters,
-                batch_size=args.batch_size,
-                lr=lr,
-                weight_decay=args.weight_decay,
-                warmup_iters=min(args.warmup_iters, args.max_iters),
-                workers=args.workers,
-                seed=args.seed,
+                max_iters=cfg.max_iters,
+                batch_size=cfg.batch_size,
+                lr=_lr(cfg),
+                weight_decay=cfg.weight_decay,
+                warmup_iters=min(cfg.warmup_iters, cfg.max_iters),
+                workers=cfg.workers,
+                seed=cfg.seed,
             )
         metrics = evaluate_detection(model, val_set, device)
         main_process, world = dist.is_main(), dist.world_size()
@@ -300,28 +352,9 @@ def run_detection(args) -> dict | None:
     if not main_process:
         return None
     metrics["final_train_loss"] = last_loss
-    config = {
-        "max_iters": args.max_iters,
-        "batch_size": args.batch_size,
-        "lr": lr,
-        "base_lr_batch16": args.lr,
-        "weight_decay": args.weight_decay,
-        "warmup_iters": args.warmup_iters,
-        "lr_steps": [args.max_iters * 2 // 3, args.max_iters * 8 // 9],
-        "min_size": args.image_size,
-        "max_size": max_size,
-        "frozen_bn": args.frozen_bn,
-        "max_detections": args.max_detections,
-        "sync_bn": sync_bn,
-        "world_size": world,
-        "train_json": str(train_json),
-        "val_json": str(val_json),
-        "num_train": len(train_set),
-        "num_val": len(val_set),
-    }
     return {
         "protocol": "detect-maskrcnn-fpn",
         "backbone": source,
-        "config": config,
+        "config": _config_record(cfg, paths, sync_bn, world, train_set, val_set),
         "metrics": metrics,
     }

@@ -14,8 +14,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from detcon.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 
 
 def eval_transform(size: int = 224):
@@ -64,8 +63,16 @@ def image_folder(root: str | Path, split: str, size: int):
     return ImageFolder(str(path), transform=eval_transform(size))
 
 
-def image_folder_features(backbone: nn.Module, args, device) -> dict:
-    """Features for ``args.data/train`` and ``args.data/val`` (same class list required).
+def image_folder_features(
+    backbone: nn.Module,
+    root: str | Path,
+    *,
+    image_size: int,
+    batch_size: int,
+    workers: int,
+    device: torch.device,
+) -> dict:
+    """Features for ``root/train`` and ``root/val`` (same class list required).
 
     Returns ``{"train": (F[N,C], y[N]), "val": (F[M,C], y[M]), "num_classes": int,
     "classes": list[str]}``.
@@ -73,16 +80,16 @@ def image_folder_features(backbone: nn.Module, args, device) -> dict:
     out = {}
     classes = None
     for split in ("train", "val"):
-        ds = image_folder(args.data, split, args.image_size)
+        ds = image_folder(root, split, image_size)
         if classes is None:
             classes = ds.classes
         elif ds.classes != classes:
             raise ValueError(f"train/ and val/ class folders differ: {classes} vs {ds.classes}")
         loader = DataLoader(
             ds,
-            batch_size=args.batch_size,
+            batch_size=batch_size,
             shuffle=False,
-            num_workers=args.workers,
+            num_workers=workers,
             pin_memory=device.type == "cuda",
         )
         out[split] = extract_features(backbone, loader, device, desc=f"features/{split}")

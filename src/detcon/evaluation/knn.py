@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from detcon.evaluation.config import KnnEvalConfig
 from detcon.evaluation.metrics import topk_accuracy
 
 
@@ -47,27 +48,36 @@ def knn_classify(
     return torch.cat(scores)
 
 
-def run_knn(args) -> dict:
+def run_knn(cfg: KnnEvalConfig) -> dict:
     """``detcon eval knn``: extract features on ImageFolder train/ and val/, classify val."""
-    from detcon.evaluation.common import backbone_from_args, resolve_device
+    from detcon.distributed import pick_device
+    from detcon.evaluation.common import backbone_from_config, check_config
     from detcon.evaluation.features import image_folder_features
 
-    device = resolve_device(args.device)
-    backbone, source = backbone_from_args(args)
-    feats = image_folder_features(backbone, args, device)
+    check_config(cfg, KnnEvalConfig)
+    device = pick_device(cfg.device)
+    backbone, source = backbone_from_config(cfg)
+    feats = image_folder_features(
+        backbone,
+        cfg.data,
+        image_size=cfg.image_size,
+        batch_size=cfg.batch_size,
+        workers=cfg.workers,
+        device=device,
+    )
     scores = knn_classify(
         feats["train"][0],
         feats["train"][1],
         feats["val"][0],
         feats["num_classes"],
-        k=args.k,
-        temperature=args.temperature,
+        k=cfg.k,
+        temperature=cfg.temperature,
     )
     metrics = topk_accuracy(scores, feats["val"][1].to(scores.device))
     config = {
-        "k": args.k,
-        "temperature": args.temperature,
-        "image_size": args.image_size,
+        "k": cfg.k,
+        "temperature": cfg.temperature,
+        "image_size": cfg.image_size,
         "num_train": len(feats["train"][1]),
         "num_val": len(feats["val"][1]),
     }

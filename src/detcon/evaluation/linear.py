@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from detcon.evaluation.config import LinearEvalConfig
 from detcon.evaluation.metrics import topk_accuracy
 
 
@@ -81,29 +82,38 @@ class Standardize(nn.Module):
         return (x - self.mean) / self.std
 
 
-def run_linear(args) -> dict:
+def run_linear(cfg: LinearEvalConfig) -> dict:
     """``detcon eval linear``: features once, probe trained on train/, top-1/5 on val/."""
+    from detcon.distributed import pick_device
     from detcon.evaluation.common import (
         assert_unchanged,
-        backbone_from_args,
-        resolve_device,
+        backbone_from_config,
+        check_config,
         snapshot_state,
     )
     from detcon.evaluation.features import image_folder_features
 
-    device = resolve_device(args.device)
-    backbone, source = backbone_from_args(args)
+    check_config(cfg, LinearEvalConfig)
+    device = pick_device(cfg.device)
+    backbone, source = backbone_from_config(cfg)
     before = snapshot_state(backbone)
-    feats = image_folder_features(backbone, args, device)
+    feats = image_folder_features(
+        backbone,
+        cfg.data,
+        image_size=cfg.image_size,
+        batch_size=cfg.batch_size,
+        workers=cfg.workers,
+        device=device,
+    )
     probe = train_linear_probe(
         feats["train"][0],
         feats["train"][1],
         feats["num_classes"],
-        epochs=args.epochs,
-        lr=args.lr,
-        weight_decay=args.weight_decay,
-        batch_size=args.probe_batch_size,
-        seed=args.seed,
+        epochs=cfg.epochs,
+        lr=cfg.lr,
+        weight_decay=cfg.weight_decay,
+        batch_size=cfg.probe_batch_size,
+        seed=cfg.seed,
         device=device,
     )
     with torch.no_grad():
@@ -113,11 +123,11 @@ def run_linear(args) -> dict:
     metrics = topk_accuracy(val_logits, feats["val"][1])
     metrics["train_top1"] = topk_accuracy(train_logits, feats["train"][1], ks=(1,))["top1"]
     config = {
-        "epochs": args.epochs,
-        "lr": args.lr,
-        "weight_decay": args.weight_decay,
-        "probe_batch_size": args.probe_batch_size,
-        "image_size": args.image_size,
+        "epochs": cfg.epochs,
+        "lr": cfg.lr,
+        "weight_decay": cfg.weight_decay,
+        "probe_batch_size": cfg.probe_batch_size,
+        "image_size": cfg.image_size,
         "optimizer": "sgd-nesterov-cosine",
         "standardize": True,
         "num_train": len(feats["train"][1]),

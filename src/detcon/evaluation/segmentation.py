@@ -24,7 +24,19 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from detcon.distributed import pick_device
+from detcon.evaluation.cityscapes import NUM_CLASSES as CITYSCAPES_CLASSES
+from detcon.evaluation.cityscapes import CityscapesSegmentation, detect_layout
+from detcon.evaluation.common import (
+    assert_unchanged,
+    backbone_from_config,
+    check_config,
+    snapshot_state,
+)
+from detcon.evaluation.config import SegmentEvalConfig
 from detcon.evaluation.metrics import IGNORE_INDEX, confusion_matrix, iou_from_confusion
+from detcon.evaluation.voc import NUM_CLASSES as VOC_CLASSES
+from detcon.evaluation.voc import TrainTransform, VOCSegmentation
 from detcon.model.backbone import set_output_stride_
 
 log = logging.getLogger(__name__)
@@ -82,7 +94,8 @@ class SegmentationModel(nn.Module):
 
 @torch.no_grad()
 def evaluate_segmentation(model: nn.Module, dataset, num_classes: int, device) -> dict:
-    """mIoU and per-class IoU over ``dataset`` (full-resolution images, batch 1)."""
+    """mIoU, per-class IoU, pixel accuracy and the confusion matrix (``[true][pred]`` pixel
+    counts) over ``dataset`` (full-resolution images, batch 1)."""
     model.eval()
     cm = torch.zeros(num_classes, num_classes, dtype=torch.long)
     for img, mask in tqdm(
@@ -96,6 +109,7 @@ def evaluate_segmentation(model: nn.Module, dataset, num_classes: int, device) -
         "miou": miou,
         "pixel_accuracy": pixel_acc,
         "per_class_iou": [None if math.isnan(v) else v for v in iou.tolist()],
+        "confusion_matrix": cm.tolist(),  # cm[true][pred] pixel counts
     }
 
 
@@ -140,90 +154,98 @@ def train_segmentation(
     return loss.item()
 
 
-def run_segmentation(args) -> dict:
-    """``detcon eval segment``: train on ``--train-split``, report mIoU on ``--val-split``."""
-    from detcon.evaluation.cityscapes import NUM_CLASSES as CITYSCAPES_CLASSES
-    from detcon.evaluation.cityscapes import CityscapesSegmentation, detect_layout
-    from detcon.evaluation.common import (
-        assert_unchanged,
-        backbone_from_args,
-        resolve_device,
-        snapshot_state,
-    )
-    from detcon.evaluation.voc import TrainTransform, VOCSegmentation
-
-    dataset = getattr(args, "dataset", None) or detect_layout(args.data)
-    if dataset == "cityscapes":
+def resolve_dataset(cfg: SegmentEvalConfig) -> tuple[str, type, int]:
+    """``(layout, dataset class, number of classes)`` for ``cfg``: the layout is
+    ``cfg.dataset`` or detected from ``cfg.data``; the class count is ``cfg.num_classes`` or
+    the layout's (21 VOC, 19 Cityscapes, which admits no other count)."""
+    layout = cfg.dataset or detect_layout(cfg.data)
+    if layout == "cityscapes":
         dataset_cls, default_classes = CityscapesSegmentation, CITYSCAPES_CLASSES
-    elif dataset == "voc":
-        dataset_cls, default_classes = VOCSegmentation, 21
+    elif layout == "voc":
+        dataset_cls, default_classes = VOCSegmentation, VOC_CLASSES
     else:
-        raise ValueError(f"--dataset must be 'voc' or 'cityscapes', got {dataset!r}")
-    if args.num_classes is None:
-        args.num_classes = default_classes
-    if dataset == "cityscapes" and args.num_classes != CITYSCAPES_CLASSES:
+        raise ValueError(f"--dataset must be 'voc' or 'cityscapes', got {layout!r}")
+    num_classes = default_classes if cfg.num_classes is None else cfg.num_classes
+    if layout == "cityscapes" and num_classes != CITYSCAPES_CLASSES:
         raise ValueError(
             f"Cityscapes is evaluated on {CITYSCAPES_CLASSES} train ids; got --num-classes "
-            f"{args.num_classes}"
+            f"{num_classes}"
         )
-    device = resolve_device(args.device)
-    torch.manual_seed(args.seed)
-    backbone, source = backbone_from_args(args)
-    before = snapshot_state(backbone) if args.mode == "linear" else None
-    lr = args.lr if args.lr is not None else (0.1 if args.mode == "linear" else 0.02)
-    model = SegmentationModel(
-        backbone, args.num_classes, args.mode, dilate=not args.no_dilation
-    ).to(device)
-    train_set = dataset_cls(
-        args.data, args.train_split, TrainTransform(args.image_size, seed=args.seed)
-    )
-    val_set = dataset_cls(args.data, args.val_split)
+    return layout, dataset_cls, num_classes
+
+
+def _train_loader(train_set, cfg: SegmentEvalConfig, device: torch.device) -> DataLoader:
     loader = DataLoader(
         train_set,
-        batch_size=args.batch_size,
+        batch_size=cfg.batch_size,
         shuffle=True,
         drop_last=True,
-        num_workers=args.workers,
+        num_workers=cfg.workers,
         pin_memory=device.type == "cuda",
     )
     if len(loader) == 0:
-        raise ValueError(f"{len(train_set)} training images < --batch-size {args.batch_size}")
+        raise ValueError(f"{len(train_set)} training images < --batch-size {cfg.batch_size}")
+    return loader
+
+
+def _config_record(cfg: SegmentEvalConfig, layout: str, train_set, val_set) -> dict:
+    """Every hyperparameter the run used, with the derived ones resolved (for the JSON)."""
+    return {
+        "dataset": layout,
+        "mode": cfg.mode,
+        "epochs": cfg.epochs,
+        "lr": cfg.resolved_lr,
+        "schedule": "poly0.9",
+        "weight_decay": cfg.weight_decay,
+        "batch_size": cfg.batch_size,
+        "crop": cfg.image_size,
+        "scale_range": [0.5, 2.0],
+        "dilated": cfg.mode == "finetune" and cfg.dilate,
+        "train_split": cfg.train_split,
+        "val_split": cfg.val_split,
+        "num_train": len(train_set),
+        "num_val": len(val_set),
+        "max_iters": cfg.max_iters,
+    }
+
+
+def run_segmentation(cfg: SegmentEvalConfig) -> dict:
+    """``detcon eval segment``: train on ``train_split``, report mIoU on ``val_split``.
+
+    ``metrics`` holds ``miou``, ``pixel_accuracy``, ``per_class_iou`` (``None`` for a class
+    absent from both ground truth and predictions), ``confusion_matrix`` (``[true][pred]``
+    pixel counts), ``final_train_loss`` and, when the dataset names its classes,
+    ``class_names``."""
+    check_config(cfg, SegmentEvalConfig)
+    layout, dataset_cls, num_classes = resolve_dataset(cfg)
+    device = pick_device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    backbone, source = backbone_from_config(cfg)
+    before = snapshot_state(backbone) if cfg.mode == "linear" else None
+    model = SegmentationModel(backbone, num_classes, cfg.mode, dilate=cfg.dilate).to(device)
+    train_set = dataset_cls(
+        cfg.data, cfg.train_split, TrainTransform(cfg.image_size, seed=cfg.seed)
+    )
+    val_set = dataset_cls(cfg.data, cfg.val_split)
     last_loss = train_segmentation(
         model,
-        loader,
-        epochs=args.epochs,
-        lr=lr,
-        weight_decay=args.weight_decay,
+        _train_loader(train_set, cfg, device),
+        epochs=cfg.epochs,
+        lr=cfg.resolved_lr,
+        weight_decay=cfg.weight_decay,
         device=device,
-        max_iters=args.max_iters,
+        max_iters=cfg.max_iters,
     )
-    metrics = evaluate_segmentation(model, val_set, args.num_classes, device)
+    metrics = evaluate_segmentation(model, val_set, num_classes, device)
     metrics["final_train_loss"] = last_loss
     names = getattr(val_set, "class_names", None)
-    if names is not None and len(names) == args.num_classes:
+    if names is not None and len(names) == num_classes:
         metrics["class_names"] = list(names)  # aligned with per_class_iou
     if before is not None:
         assert_unchanged(backbone, before)  # the linear probe never touches the backbone
-    config = {
-        "dataset": dataset,
-        "mode": args.mode,
-        "epochs": args.epochs,
-        "lr": lr,
-        "schedule": "poly0.9",
-        "weight_decay": args.weight_decay,
-        "batch_size": args.batch_size,
-        "crop": args.image_size,
-        "scale_range": [0.5, 2.0],
-        "dilated": args.mode == "finetune" and not args.no_dilation,
-        "train_split": args.train_split,
-        "val_split": args.val_split,
-        "num_train": len(train_set),
-        "num_val": len(val_set),
-        "max_iters": args.max_iters,
-    }
     return {
-        "protocol": f"segment-{args.mode}",
+        "protocol": f"segment-{cfg.mode}",
         "backbone": source,
-        "config": config,
+        "config": _config_record(cfg, layout, train_set, val_set),
         "metrics": metrics,
     }

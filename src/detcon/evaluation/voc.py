@@ -20,8 +20,16 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from detcon.evaluation.features import IMAGENET_MEAN, IMAGENET_STD
+from detcon.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from detcon.evaluation.metrics import IGNORE_INDEX
+
+# PASCAL VOC 2012 segmentation classes in label order (0 = background)
+CLASS_NAMES = (
+    "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat",
+    "chair", "cow", "diningtable", "dog", "horse", "motorbike", "person", "pottedplant",
+    "sheep", "sofa", "train", "tvmonitor",
+)  # fmt: skip
+NUM_CLASSES = len(CLASS_NAMES)  # 21
 
 
 class ItemRandom:
@@ -54,7 +62,10 @@ class VOCSegmentation(torch.utils.data.Dataset):
     """Items ``(image float[3,H,W] normalised, mask int64[H,W])`` after ``transform``.
 
     Without a transform, the image is returned at full resolution (for evaluation).
+    ``class_names`` lists the 21 VOC classes in label order.
     """
+
+    class_names = CLASS_NAMES
 
     def __init__(self, root: str | Path, split: str = "train", transform=None):
         self.root = Path(root)
