@@ -4,7 +4,7 @@ import torchvision
 from torch import nn
 from torchvision.models.resnet import BasicBlock, Bottleneck
 
-from detcon.model import Backbone, backbone_names, build_backbone, load_torchvision_weights
+from detcon.model import backbone_names, build_backbone, load_torchvision_weights
 
 TV = {n: getattr(torchvision.models, n) for n in ["resnet18", "resnet34", "resnet50", "resnet101"]}
 
@@ -125,10 +125,6 @@ def test_load_torchvision_weights_gives_identical_features():
         ref = trunk(x)
         assert torch.equal(ours(x), ref)
         assert torch.allclose(ours(x).mean((2, 3)), torch.flatten(tv.avgpool(ref), 1))
-    wrapped = Backbone.from_torchvision(tv, name="resnet18")
-    assert set(wrapped.state_dict()) == set(ours.state_dict()) and wrapped.out_channels == 512
-    with torch.no_grad():
-        assert torch.equal(wrapped(x), ref)
 
 
 def test_load_torchvision_weights_reports_exact_key_mismatch():

@@ -43,7 +43,7 @@ def pick_device(name: str | None = "auto") -> torch.device:
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise RuntimeError(f"device {name!r} asked for, but CUDA is not available; use cpu")
+            raise ValueError(f"device {name!r} asked for, but CUDA is not available; use cpu")
         return torch.device("cuda", local_rank()) if name == "cuda" else torch.device(name)
     return torch.device(name)
 

@@ -24,7 +24,7 @@ mode a run uses is decided by the config (the official recipe uses ``"same"``).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 
 import torch
 import torch.nn.functional as F
@@ -179,7 +179,6 @@ class Backbone(nn.Module):
             channels (the official haiku ``width_multiplier``). Width 1 is torchvision's net.
         zero_init_residual: zero the scale of the last BN of each residual branch (``bn3`` of a
             Bottleneck, ``bn2`` of a BasicBlock), as the official code does.
-        norm_layer: 2-D norm constructor (default ``nn.BatchNorm2d``).
         init: ``"torchvision"`` (kaiming-normal fan-out convs, torchvision's default) or
             ``"official"`` (the haiku default: truncated normal at +-2 sigma with
             sigma = 1/sqrt(fan_in), see :func:`trunc_normal_fan_in_`).
@@ -205,7 +204,6 @@ class Backbone(nn.Module):
         *,
         width_multiplier: int = 1,
         zero_init_residual: bool = True,
-        norm_layer: Callable[[int], nn.Module] | None = None,
         init: str = "torchvision",
         name: str = "resnet",
         padding: str = "torch",
@@ -225,11 +223,10 @@ class Backbone(nn.Module):
         self.width_multiplier = width_multiplier
         self.init = init
         self.zero_init_residual = zero_init_residual
-        self._norm_layer = nn.BatchNorm2d if norm_layer is None else norm_layer
         m = width_multiplier
         self.inplanes = 64 * m
         self.conv1 = nn.Conv2d(3, self.inplanes, kernel_size=7, stride=2, padding=3, bias=False)
-        self.bn1 = self._norm_layer(self.inplanes)
+        self.bn1 = nn.BatchNorm2d(self.inplanes)
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
         self.layer1 = self._make_layer(block, 64 * m, layers[0], stride=1)
@@ -246,10 +243,10 @@ class Backbone(nn.Module):
         downsample = None
         if stride != 1 or self.inplanes != out:
             # Projection shortcut; stride lives on the 3x3 conv of the block ("v1.5").
-            downsample = nn.Sequential(conv1x1(self.inplanes, out, stride), self._norm_layer(out))
-        seq = [block(self.inplanes, planes, stride, downsample, norm_layer=self._norm_layer)]
+            downsample = nn.Sequential(conv1x1(self.inplanes, out, stride), nn.BatchNorm2d(out))
+        seq = [block(self.inplanes, planes, stride, downsample)]
         self.inplanes = out
-        seq += [block(self.inplanes, planes, norm_layer=self._norm_layer) for _ in range(1, blocks)]
+        seq += [block(self.inplanes, planes) for _ in range(1, blocks)]
         return nn.Sequential(*seq)
 
     def reset_parameters(self, init: str | None = None, *, zero_init_residual: bool | None = None):
@@ -279,29 +276,6 @@ class Backbone(nn.Module):
                     last = mod.bn2
                 if last is not None and getattr(last, "weight", None) is not None:
                     nn.init.zeros_(last.weight)
-
-    @classmethod
-    def from_torchvision(cls, model: nn.Module, name: str = "resnet") -> Backbone:
-        """Wrap an existing torchvision ``ResNet``'s trunk modules (shared, not copied).
-
-        ``avgpool`` and ``fc`` are dropped. ``width_multiplier`` is inferred from the stem.
-        """
-        needed = ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4")
-        lacking = [n for n in needed if not hasattr(model, n)]
-        if lacking:
-            raise ValueError(f"not a torchvision ResNet: missing children {lacking}")
-        self = cls.__new__(cls)
-        nn.Module.__init__(self)
-        for n in needed:
-            setattr(self, n, getattr(model, n))
-        self.name = name
-        self.init, self.zero_init_residual = "torchvision", True
-        same = any(isinstance(m, SameConv2d | SameMaxPool2d) for m in self.modules())
-        self.padding = "same" if same else "torch"
-        self.width_multiplier = max(1, self.conv1.out_channels // 64)
-        last = model.layer4[-1]
-        self.out_channels = (last.bn3 if isinstance(last, Bottleneck) else last.bn2).num_features
-        return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 4 or x.shape[1] != 3:
@@ -399,7 +373,6 @@ def build_backbone(
     name: str,
     width_multiplier: int = 1,
     zero_init_residual: bool = True,
-    norm_layer: Callable[[int], nn.Module] | None = None,
     *,
     init: str = "torchvision",
     channels_last: bool = False,
@@ -421,7 +394,6 @@ def build_backbone(
         layers,
         width_multiplier=width_multiplier,
         zero_init_residual=zero_init_residual,
-        norm_layer=norm_layer,
         init=init,
         name=name,
         padding=padding,

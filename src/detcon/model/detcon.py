@@ -8,7 +8,6 @@ Mask ids are sampled outside the network, once per view, and passed to online an
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
@@ -57,7 +56,6 @@ class DetConNet(nn.Module):
             (:func:`~detcon.model.heads.weighted_batch_norm`): the same outputs, gradients and
             running statistics as on all ``B*K`` rows (duplicate draws pool equal vectors), at
             a fraction of the cost. ``False`` runs them on every row.
-        norm_layer: 1-D norm constructor for the heads (default ``nn.BatchNorm1d``).
 
     Children: ``backbone``, ``projector``, ``predictor`` (``None`` when ``predictor=False``), so
     state-dict keys are ``backbone.*``, ``projector.*``, ``predictor.*``.
@@ -72,7 +70,6 @@ class DetConNet(nn.Module):
         pred_hidden: int = 4096,
         *,
         head_init: str = "torchvision",
-        norm_layer: Callable[[int], nn.Module] | None = None,
         distinct_heads: bool = True,
     ) -> None:
         super().__init__()
@@ -83,12 +80,8 @@ class DetConNet(nn.Module):
         self.head_init = head_init
         self.distinct_heads = distinct_heads
         self.backbone = backbone
-        self.projector = MLP(channels, proj_hidden, proj_dim, init=head_init, norm_layer=norm_layer)
-        self.predictor = (
-            MLP(proj_dim, pred_hidden, proj_dim, init=head_init, norm_layer=norm_layer)
-            if predictor
-            else None
-        )
+        self.projector = MLP(channels, proj_hidden, proj_dim, init=head_init)
+        self.predictor = MLP(proj_dim, pred_hidden, proj_dim, init=head_init) if predictor else None
 
     @classmethod
     def build(

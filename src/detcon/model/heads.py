@@ -10,7 +10,6 @@ projector (C -> 4096 -> 256) and the predictor (256 -> 4096 -> 256):
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -62,8 +61,9 @@ class MLP(nn.Module):
         init: ``"torchvision"`` keeps PyTorch's default ``Linear`` init (kaiming-uniform);
             ``"official"`` draws weights with :func:`trunc_normal_fan_in_` and zeroes the bias,
             as the official haiku code does.
-        norm_layer: constructor for the 1-D norm (default ``nn.BatchNorm1d``; momentum 0.1 and
-            eps 1e-5 equal the official decay 0.9 and eps 1e-5).
+
+    The norm is ``nn.BatchNorm1d`` (momentum 0.1 and eps 1e-5 equal the official decay 0.9
+    and eps 1e-5); :func:`weighted_batch_norm` relies on it.
 
     ``forward(x [..., in_dim]) -> [..., out_dim]``: the leading dims are flattened so that
     BatchNorm sees one batch of ``prod(leading)`` vectors (e.g. all ``B * K`` masks), then
@@ -77,16 +77,14 @@ class MLP(nn.Module):
         out_dim: int,
         *,
         init: str = "torchvision",
-        norm_layer: Callable[[int], nn.Module] | None = None,
     ) -> None:
         super().__init__()
         for label, dim in (("in_dim", in_dim), ("hidden_dim", hidden_dim), ("out_dim", out_dim)):
             if not isinstance(dim, int) or dim < 1:
                 raise ValueError(f"MLP {label} must be a positive int, got {dim!r}")
         self.in_dim, self.hidden_dim, self.out_dim = in_dim, hidden_dim, out_dim
-        norm_layer = nn.BatchNorm1d if norm_layer is None else norm_layer
         self.fc1 = nn.Linear(in_dim, hidden_dim, bias=True)
-        self.bn1 = norm_layer(hidden_dim)
+        self.bn1 = nn.BatchNorm1d(hidden_dim)
         self.relu = nn.ReLU(inplace=True)
         self.fc2 = nn.Linear(hidden_dim, out_dim, bias=False)  # official: no bias on the output
         self.reset_parameters(init)
