@@ -60,8 +60,7 @@ def make_step(method: str, args, device: torch.device):
             "train.steps=1000000",  # the schedules' position never reaches the end
         ],
     )
-    resolve(cfg, dataset_size=args.batch)
-    state = build_train_state(cfg, device)
+    state = build_train_state(cfg, resolve(cfg, dataset_size=args.batch), device)
     for net in (state.online.net, state.target):  # heads on distinct (image, id) rows, or all
         if net is not None:
             net.distinct_heads = getattr(args, "heads", "distinct") == "distinct"

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import yaml
 
 from detcon.config import (
     Config,
     ConfigError,
+    apply_dict,
     from_dict,
     load_config,
     recipe_names,
@@ -66,11 +69,12 @@ def test_official_derived_fields():
         ("detcon_b_imagenet_1000ep", 1000, 312784, 3127),
         ("detcon_b_imagenet_300ep", 300, 93835, 938),
     ]:
-        cfg = resolve(load_config(name), dataset_size=1281167, world_size=8)
-        assert cfg.train.epochs == epochs and cfg.train.total_steps == steps
-        assert cfg.optim.warmup_steps == warm
-        assert cfg.optim.peak_lr == pytest.approx(3.2)
-        assert cfg.train.local_batch == 512
+        cfg = load_config(name)
+        plan = resolve(cfg, dataset_size=1281167, world_size=8)
+        assert cfg.train.epochs == epochs and plan.total_steps == steps
+        assert plan.warmup_steps == warm and plan.steps_per_epoch == 1281167 // 4096
+        assert plan.peak_lr == pytest.approx(3.2)
+        assert plan.local_batch == 512 and plan.world_size == 8
         assert cfg.masks.num_masks == 16 and cfg.loss.temperature == 0.1
         assert cfg.optim.weight_decay == 1.5e-6 and cfg.optim.ema_base == 0.996
 
@@ -78,15 +82,15 @@ def test_official_derived_fields():
 def test_warmup_of_a_step_budget_is_one_percent_of_the_run():
     # train.steps given, warmup_epochs=-1: 1% of the run (the official epochs // 100 of epochs),
     # not epochs // 100 of the *default* epoch count
-    cfg = resolve(load_config(None, ["train.steps=1000", "data.batch_size=8"]), dataset_size=64)
-    assert cfg.train.total_steps == 1000 and cfg.optim.warmup_steps == 10
-    cfg = resolve(load_config(None, ["train.steps=128", "data.batch_size=8"]), dataset_size=64)
-    assert cfg.optim.warmup_steps == 1
-    cfg = resolve(
+    plan = resolve(load_config(None, ["train.steps=1000", "data.batch_size=8"]), dataset_size=64)
+    assert plan.total_steps == 1000 and plan.warmup_steps == 10
+    plan = resolve(load_config(None, ["train.steps=128", "data.batch_size=8"]), dataset_size=64)
+    assert plan.warmup_steps == 1
+    plan = resolve(
         load_config(None, ["train.steps=128", "optim.warmup_epochs=2", "data.batch_size=8"]),
         dataset_size=64,
     )
-    assert cfg.optim.warmup_steps == 16  # explicit epochs: 2 * 64 // 8
+    assert plan.warmup_steps == 16  # explicit epochs: 2 * 64 // 8
 
 
 def test_resolve_validates():
@@ -96,8 +100,58 @@ def test_resolve_validates():
         resolve(load_config(None, ["data.batch_size=8"]), dataset_size=5)
     with pytest.raises(ConfigError, match="loss.method"):
         resolve(load_config(None, ["loss.method=detcon_x"]), dataset_size=100)
-    cfg = resolve(load_config(None, ["loss.method=byol", "data.batch_size=4"]), dataset_size=8)
+    cfg = load_config(None, ["loss.method=byol", "data.batch_size=4"])
+    resolve(cfg, dataset_size=8)
     assert cfg.masks.source == "whole" and cfg.masks.num_masks == 1
+
+
+def test_the_plan_is_frozen_and_leaves_the_config_alone():
+    cfg = load_config(None, ["train.steps=10", "data.batch_size=8"])
+    before = to_dict(cfg)
+    plan = resolve(cfg, dataset_size=64)
+    assert to_dict(cfg) == before
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        plan.total_steps = 3
+
+
+@pytest.mark.parametrize(
+    "key", ["optim.peak_lr", "optim.warmup_steps", "train.total_steps", "train.local_batch"]
+)
+def test_a_derived_value_cannot_be_set(key):
+    with pytest.raises(ConfigError, match=f"{key} is derived"):
+        load_config(None, [f"{key}=1"])
+
+
+def test_a_saved_run_config_loads_back_as_a_recipe(tmp_path):
+    """config.yaml of a run (with its plan section, or an older file that kept the derived
+    values among the fields) loads as a recipe: the derived values are recomputed."""
+    cfg = load_config(None, ["train.steps=10", "data.batch_size=8"])
+    path = save_yaml(cfg, tmp_path / "config.yaml", resolve(cfg, dataset_size=64))
+    assert "plan" in yaml.safe_load(path.read_text())
+    assert to_dict(load_config(str(path))) == to_dict(cfg)
+    old = to_dict(cfg)
+    old["optim"]["peak_lr"], old["train"]["total_steps"] = 0.5, 7
+    (tmp_path / "old.yaml").write_text(yaml.safe_dump(old))
+    assert to_dict(load_config(str(tmp_path / "old.yaml"))) == to_dict(cfg)
+
+
+@pytest.mark.parametrize("override", ["masks.source=fh", "masks.num_masks=16"])
+def test_an_explicit_mask_setting_that_the_method_overrides_is_an_error(override):
+    with pytest.raises(ConfigError, match="whole-image mask"):
+        load_config(None, ["loss.method=byol", override])
+    cfg = load_config(None, ["loss.method=simclr", "masks.source=whole", "masks.num_masks=1"])
+    assert (cfg.masks.source, cfg.masks.num_masks) == ("whole", 1)
+
+
+def test_choices_are_the_literal_field_types():
+    from detcon.config import CHOICES, METHODS
+
+    assert CHOICES["loss.method"] == METHODS == ("detcon_b", "detcon_s", "byol", "simclr")
+    assert CHOICES["data.augment_on"] == ("host", "device")
+    with pytest.raises(ConfigError, match="not one of"):
+        load_config(None, ["optim.optimizer=adam"])
+    with pytest.raises(ConfigError, match="not one of"):
+        apply_dict(Config(), {"data": {"crop": "centre"}})
 
 
 def test_every_shipped_recipe_loads():

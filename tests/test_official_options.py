@@ -7,11 +7,12 @@ import math
 
 import pytest
 import torch
+from tiny import without_masks
 from torchvision.models.resnet import BasicBlock
 
 from detcon.config import ConfigError, load_config, resolve
-from detcon.step import build_models, forward_loss, prepare_masks
 from detcon.losses import byol_loss
+from detcon.step import build_models, forward_loss, prepare_masks
 
 TINY = [
     "model.backbone=resnet18",
@@ -27,7 +28,9 @@ TINY = [
 
 
 def _models(*extra):
-    cfg = resolve(load_config(None, TINY + list(extra)), dataset_size=4)
+    method = next((e.split("=")[1] for e in extra if e.startswith("loss.method=")), "")
+    cfg = load_config(None, without_masks(TINY, method) + list(extra))
+    resolve(cfg, dataset_size=4)  # validates
     online, target = build_models(cfg, torch.device("cpu"), num_classes=5)
     return cfg, online, target
 

@@ -101,7 +101,8 @@ def _initial_online():
     from detcon.config import resolve
     from detcon.step import build_models
 
-    cfg = resolve(_cfg("unused"), dataset_size=16)
+    cfg = _cfg("unused")
+    resolve(cfg, dataset_size=16)  # validates
     online, _ = build_models(cfg, torch.device("cpu"))
     return online.net.state_dict()
 

@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from tiny import TINY_TRAIN
+from tiny import TINY_TRAIN, without_masks
 
 from detcon import checkpoint
 from detcon.config import load_config
@@ -17,7 +17,8 @@ TINY = TINY_TRAIN + ["optim.warmup_epochs=0"]
 
 
 def tiny_cfg(tmp_path, *extra):
-    return load_config(None, TINY + [f"train.out={tmp_path}"] + list(extra))
+    method = next((e.split("=")[1] for e in extra if e.startswith("loss.method=")), "")
+    return load_config(None, without_masks(TINY, method) + [f"train.out={tmp_path}"] + list(extra))
 
 
 class Labelled(torch.utils.data.Dataset):

@@ -12,6 +12,7 @@ import pytest
 import torch
 import torch.distributed as tdist
 import torch.multiprocessing as mp
+from tiny import without_masks
 
 from detcon.config import load_config, resolve
 from detcon.step import build_models, forward_loss
@@ -42,10 +43,9 @@ def _inputs():
 
 
 def _cfg(method):
-    cfg = load_config(None, TINY + [f"loss.method={method}"])
-    return resolve(
-        cfg, dataset_size=B, world_size=tdist.get_world_size() if tdist.is_initialized() else 1
-    )
+    cfg = load_config(None, without_masks(TINY, method) + [f"loss.method={method}"])
+    resolve(cfg, dataset_size=B, world_size=tdist.get_world_size() if tdist.is_initialized() else 1)
+    return cfg
 
 
 def _loss_and_grads(method, lo, hi):

@@ -17,3 +17,11 @@ TINY_TRAIN = [
     "train.progress=false",
     "train.log_every=1",
 ]
+
+
+def without_masks(overrides: list[str], method: str) -> list[str]:
+    """``overrides`` for ``loss.method=method``: byol and simclr fix the masks themselves (an
+    explicit ``masks.*`` value that conflicts is an error), so those entries are dropped."""
+    if method not in ("byol", "simclr"):
+        return list(overrides)
+    return [o for o in overrides if not o.startswith("masks.")]

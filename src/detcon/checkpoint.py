@@ -6,7 +6,8 @@ Layout of a pretraining checkpoint (``FORMAT_VERSION`` 2)::
       "format_version": 2,
       "kind": "detcon-pretrain",
       "step": int,                    # optimizer steps completed
-      "config": dict,                 # resolved config (plain types only)
+      "config": dict,                 # the config (plain types only)
+      "plan": dict,                   # its RunPlan: total / warmup steps, peak lr, batches
       "model": {"backbone": str, "width_multiplier": int,   # enough to rebuild the backbone
                 "output_stride": int, "padding": str},
       "online": state_dict,           # DetConNet state dict; backbone keys start with "backbone."
@@ -35,7 +36,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from detcon.config import to_dict
+from detcon.config import Config, RunPlan, to_dict
 from detcon.fileio import atomic_write
 
 FORMAT_VERSION = 2  # 2: "checksum" key
@@ -196,17 +197,17 @@ def set_rng_state(state: dict) -> None:
 
 
 def make_checkpoint(
-    cfg, step, online, target, optimizer, scaler, loss: float | None = None
+    cfg: Config, plan: RunPlan, step, online, target, optimizer, scaler, loss: float | None = None
 ) -> dict:
     """The pretraining checkpoint dict (layout in :mod:`detcon.checkpoint`); ``loss`` is the
     last logged loss (``extra.loss``), reported when a finished run is resumed."""
-    t = cfg.train
     probe = online.probe.state_dict() if online.probe is not None else None
     return {
         "format_version": FORMAT_VERSION,
         "kind": "detcon-pretrain",
         "step": step,
         "config": to_dict(cfg),
+        "plan": plan.to_dict(),
         "model": {
             "backbone": cfg.model.backbone,
             "width_multiplier": cfg.model.width_multiplier,
@@ -219,8 +220,8 @@ def make_checkpoint(
         "scaler": scaler.state_dict() if scaler.is_enabled() else None,
         "rng": rng_state(),
         "extra": {
-            "epoch": step // t.steps_per_epoch,
-            "batch_in_epoch": step % t.steps_per_epoch,
+            "epoch": step // plan.steps_per_epoch,
+            "batch_in_epoch": step % plan.steps_per_epoch,
             "probe": probe,
             "loss": None if loss is None or not math.isfinite(loss) else float(loss),
         },

@@ -3,14 +3,15 @@
 One :class:`Config` holds six groups (``data``, ``masks``, ``model``, ``loss``, ``optim``,
 ``train``). Defaults reproduce the official DetCon_B ImageNet recipe (see
 ``shared/design/detcon-official.md`` section 7); the shipped recipes in ``detcon/configs/*.yaml``
-only list what differs. Derived fields (total steps, warmup steps, peak learning rate, per-process
-batch) are computed in exactly one place, :func:`resolve`.
+only list what differs. The values a config implies for one run (total steps, warmup steps,
+peak learning rate, per-process batch) are not config fields: :func:`resolve` computes them in
+one place and returns them as a frozen :class:`RunPlan`.
 
 Usage::
 
     cfg = load_config("detcon_b_imagenet_300ep", overrides=["optim.base_lr=0.3"])
-    cfg = resolve(cfg, dataset_size=len(dataset), world_size=2)
-    save_yaml(cfg, "runs/x/config.yaml"); to_dict(cfg)  # plain dict for checkpoints
+    plan = resolve(cfg, dataset_size=len(dataset), world_size=2)  # frozen derived values
+    save_yaml(cfg, "runs/x/config.yaml", plan); to_dict(cfg)  # plain dict for checkpoints
 """
 
 from __future__ import annotations
@@ -25,19 +26,31 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
 from detcon.fileio import atomic_write
 
 CONFIG_DIR = Path(__file__).parent / "configs"
-METHODS = ("detcon_b", "detcon_s", "byol", "simclr")
-PRECISIONS = ("fp32", "bf16", "fp16")
-INITS = ("official", "torchvision")  # = detcon.model.heads.INITS
-PADDINGS = ("same", "torch")  # = detcon.model.backbone.PADDINGS
-TARGET_INITS = ("random", "copy")
-PHOTOMETRIC = ("official", "torchvision", "none")  # = detcon.data.transforms.PHOTOMETRIC_MODES
+# The closed choices, as ``Literal`` field types: checked once, when a config is loaded (a
+# value outside them is a ConfigError naming the key, with a "did you mean").
+Method = Literal["detcon_b", "detcon_s", "byol", "simclr"]
+Precision = Literal["fp32", "bf16", "fp16"]
+Init = Literal["official", "torchvision"]  # = detcon.model.heads.INITS
+Padding = Literal["same", "torch"]  # = detcon.model.backbone.PADDINGS
+TargetInit = Literal["random", "copy"]
+Photometric = Literal["official", "torchvision", "none"]  # = data.transforms.PHOTOMETRIC_MODES
+Crop = Literal["official", "torchvision"]
+Optimizer = Literal["lars", "sgd"]
+AugmentOn = Literal["host", "device"]
+METHODS = typing.get_args(Method)
+PRECISIONS = typing.get_args(Precision)
+INITS = typing.get_args(Init)
+PADDINGS = typing.get_args(Padding)
+TARGET_INITS = typing.get_args(TargetInit)
+PHOTOMETRIC = typing.get_args(Photometric)
+LOGGERS = ("tensorboard", "wandb", "mlflow", "none")  # = detcon.loggers.LOGGERS
 
 
 @dataclass
@@ -51,9 +64,9 @@ class DataConfig:
     """COCO instances JSON (``data`` is then the images folder); needed by ``masks.source=coco``."""
     class_tree: bool = False
     """``data`` is ``root/<class>/...``: items carry labels (enables the online linear probe)."""
-    crop: str = "official"
+    crop: Crop = "official"
     """Crop window rule: ``official`` (clipped, no rejection) or ``torchvision``."""
-    photometric: str = "official"
+    photometric: Photometric = "official"
     """Colour pipeline of the views: ``official`` (dm_pix semantics: additive brightness,
     per-channel contrast, HSV saturation / hue, clip after every op, zero-padded blur; the
     official recipe, default), ``torchvision`` (torchvision v2 semantics, a deviation) or
@@ -62,6 +75,11 @@ class DataConfig:
     """Low-pass filter before a downscaling resize of the crop. Official False: TF's bicubic
     ``tf.image.resize`` does not antialias (reproduced exactly, in float). True is torch's
     antialiased uint8 bicubic, a deviation that gives smoother views."""
+    augment_on: AugmentOn = "host"
+    """Where the colour ops, grayscale, blur, solarize and normalisation run: ``host`` (in the
+    loader workers, per image; default) or ``device`` (workers only decode, crop, flip and
+    resize, and hand uint8 views plus the drawn parameters to the training device, where the
+    rest runs batched: same distributions, far less CPU per image)."""
     image_size: int = 224
     """Side S of each square view, pixels (official: 224)."""
     batch_size: int = 4096
@@ -74,6 +92,14 @@ class DataConfig:
     """Keep workers alive across epochs (only when num_workers > 0)."""
     repeat: int = 1
     """Repeat the dataset this many times per epoch (useful for the tiny builtin set)."""
+    subset: str = ""
+    """Train on part of ``data`` only: a text file with one entry a line, each a path relative
+    to ``data`` (one image) or the name of a top-level folder of ``data`` (all its images: a
+    class of a class tree); ``#`` starts a comment. A shipped list is named without a path:
+    ``imagenet100`` (the 100 WordNet ids of the CMC paper's ImageNet-100). Empty = all."""
+    fraction: float = 1.0
+    """Keep this fraction of the images (after ``subset``), drawn without replacement by
+    ``train.seed``: the same seed and file list give the same images. In (0, 1]; 1 = all."""
 
 
 @dataclass
@@ -103,16 +129,16 @@ class ModelConfig:
     32: a 7x7 grid at 224 px). 16 or 8 dilate layer4 (and layer3) instead of striding: a finer
     grid for mask pooling on small images, at a higher cost. A deviation from the official
     model, for small-image settings; the weights are the same tensors at any stride."""
-    init: str = "official"
+    init: Init = "official"
     """Weight initialisation: ``official`` (haiku's default: truncated normal at +-2 sigma,
     sigma = 1/sqrt(fan_in), zero biases, last BN of each residual branch zero) or
     ``torchvision`` (kaiming-normal convs, PyTorch's default linears; a deviation)."""
-    padding: str = "same"
+    padding: Padding = "same"
     """Convolution padding: ``same`` (official, TensorFlow/haiku SAME: the stem, max-pool and
     stride-2 convs pad 0 before / 1 after, 2/3 for the 7x7 stem) or ``torch`` (torchvision's
     symmetric padding, a deviation: every feature cell moves one input pixel relative to its
     mask cell). Same parameters either way; exports carry the weights only."""
-    target_init: str = "random"
+    target_init: TargetInit = "random"
     """Target network at step 0: ``random`` (official: its own random initialisation) or
     ``copy`` (a copy of the online weights, as PyTorch BYOL ports do; a deviation)."""
     init_from: str = ""
@@ -135,7 +161,7 @@ class ModelConfig:
 class LossConfig:
     """Method and contrastive loss."""
 
-    method: str = "detcon_b"
+    method: Method = "detcon_b"
     """``detcon_b`` (online predictor vs EMA target, the DetCon contrastive loss), ``detcon_s``
     (one network, no predictor, no EMA), ``byol`` (Grill et al.: global-average-pooled
     features, predictor vs EMA target, the normalised regression loss, no negatives) or
@@ -157,7 +183,7 @@ class LossConfig:
 class OptimConfig:
     """Optimizer and schedules (pure functions of the step, see detcon.optim)."""
 
-    optimizer: str = "lars"
+    optimizer: Optimizer = "lars"
     """``lars`` (official) or ``sgd`` (plain momentum SGD with the same param groups)."""
     base_lr: float = 0.2
     """Learning rate per 256 images; peak lr = base_lr * batch_size / 256 (official 0.2 -> 3.2)."""
@@ -171,10 +197,6 @@ class OptimConfig:
     """Linear warmup epochs; -1 = epochs // 100 as in the official code."""
     ema_base: float = 0.996
     """Initial target EMA rate tau, cosine-increased to 1 (official 0.996)."""
-    peak_lr: float = 0.0
-    """Derived by :func:`resolve`: base_lr * batch_size / 256. Do not set."""
-    warmup_steps: int = 0
-    """Derived by :func:`resolve`. Do not set."""
 
 
 @dataclass
@@ -189,7 +211,7 @@ class TrainConfig:
     """Seed of weights, data order, augmentations and mask sampling."""
     device: str = "auto"
     """``auto`` (cuda if available), ``cpu``, ``cuda``."""
-    precision: str = "fp32"
+    precision: Precision = "fp32"
     """``fp32`` (official), ``bf16`` (autocast; the speed option on GPUs, a deviation) or
     ``fp16`` (autocast + GradScaler). bf16 falls back to fp32 on CPU unless ``cpu_autocast``
     is set. The losses are always computed in float32."""
@@ -219,12 +241,16 @@ class TrainConfig:
     fit a job time slot; resume continues."""
     progress: bool = True
     """Show a tqdm progress bar on rank 0."""
-    total_steps: int = 0
-    """Derived by :func:`resolve`. Do not set."""
-    steps_per_epoch: int = 0
-    """Derived by :func:`resolve`. Do not set."""
-    local_batch: int = 0
-    """Derived by :func:`resolve`: per-process micro-batch = batch / (world * grad_accum)."""
+    loggers: str = "tensorboard"
+    """Comma-separated metric loggers beside ``metrics.jsonl``: ``tensorboard``, ``wandb``
+    (Weights & Biases; ``WANDB_MODE=offline`` logs without an account), ``mlflow`` (into the
+    run folder unless ``MLFLOW_TRACKING_URI`` is set), or ``none``. wandb and mlflow are
+    optional packages: a run that asks for one that is not installed is refused up front."""
+    logger_project: str = "detcon"
+    """Weights & Biases project / MLflow experiment name (the run is named after ``out``)."""
+    auto_settings: str = ""
+    """Set by ``detcon pretrain --data DIR`` without ``--config``: the settings it chose from
+    the device and the folder, and why. Informational (recorded in config.yaml); not read."""
 
 
 @dataclass
@@ -261,6 +287,8 @@ def _field_type(obj, name: str):
 def parse_value(text: str, typ, key: str = "?"):
     """Parse a command-line string into ``typ`` (int, float, bool, str, or ``X | None``)."""
     origin = typing.get_origin(typ)
+    if origin is Literal:  # a closed choice of strings, checked by _check_choice
+        return str(text)
     if origin in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(typ) if a is not type(None)]
         if text.lower() in ("none", "null", ""):
@@ -285,6 +313,8 @@ def parse_value(text: str, typ, key: str = "?"):
 
 def _coerce(value, typ, key: str):
     """Check / convert a YAML value to the field type (ints are accepted for floats)."""
+    if typing.get_origin(typ) is Literal:
+        typ = str
     if isinstance(value, str) and typ is not str:
         return parse_value(value, typ, key)
     if typ is float and isinstance(value, int) and not isinstance(value, bool):
@@ -298,14 +328,10 @@ def _coerce(value, typ, key: str):
 
 #: Fields restricted to a fixed set of string values (checked on load and in resolve).
 CHOICES = {
-    "data.photometric": PHOTOMETRIC,
-    "data.crop": ("official", "torchvision"),
-    "loss.method": METHODS,
-    "train.precision": PRECISIONS,
-    "model.init": INITS,
-    "model.padding": PADDINGS,
-    "model.target_init": TARGET_INITS,
-    "optim.optimizer": ("lars", "sgd"),
+    f"{group.name}.{f}": typing.get_args(hint)
+    for group in dataclasses.fields(Config)
+    for f, hint in typing.get_type_hints(group.default_factory).items()
+    if typing.get_origin(hint) is Literal
 }
 
 #: Methods that always train on the whole-image mask with one id per view.
@@ -321,12 +347,13 @@ def _check_choice(key: str, value) -> None:
 
 
 #: Numeric fields and their valid ranges (checked on load, after the overrides, and in
-#: resolve): ``">= a"``, ``"> a"``, ``"[a, b]"`` or ``"[a, b)"``.
+#: resolve): ``">= a"``, ``"> a"``, ``"[a, b]"``, ``"[a, b)"`` or ``"(a, b]"``.
 RANGES = {
     "data.batch_size": ">= 1",
     "data.image_size": ">= 32",
     "data.num_workers": ">= 0",
     "data.repeat": ">= 1",
+    "data.fraction": "(0, 1]",
     "masks.num_masks": ">= 1",
     "loss.temperature": "> 0",
     "optim.base_lr": "> 0",
@@ -353,13 +380,14 @@ def _in_range(value, spec: str) -> bool:
     if spec.startswith(">"):
         return value > float(spec[1:])
     lo, hi = (float(x) for x in spec[1:-1].split(","))
-    return lo <= value and (value <= hi if spec.endswith("]") else value < hi)
+    above = lo < value if spec.startswith("(") else lo <= value
+    return above and (value <= hi if spec.endswith("]") else value < hi)
 
 
 def _check_range(key: str, value) -> None:
     spec = RANGES.get(key)
     if spec is not None and not (math.isfinite(value) and _in_range(value, spec)):
-        rule = f"in {spec}" if spec.startswith("[") else spec
+        rule = f"in {spec}" if spec[0] in "[(" else spec
         raise ConfigError(f"{key} must be {rule}, got {value}")
 
 
@@ -377,6 +405,12 @@ def validate(cfg: Config, check_device: bool = True) -> Config:
         raise ConfigError(
             f"train.epochs must be >= 1 when train.steps is 0 (derived from epochs), got {t.epochs}"
         )
+    for name in t.loggers.split(","):
+        if name.strip() not in LOGGERS:
+            raise ConfigError(
+                f"train.loggers: {name.strip()!r} is not one of {LOGGERS} (comma-separated)."
+                f"{_suggest(name.strip(), LOGGERS)}"
+            )
     if not _DEVICE.fullmatch(t.device):
         raise ConfigError(f"train.device: {t.device!r} is not one of auto, cpu, cuda, cuda:N")
     if check_device and t.device.startswith("cuda"):
@@ -400,7 +434,10 @@ def apply_dict(cfg: Config, data: dict, source: str = "config") -> Config:
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: expected a mapping of groups, got {type(data).__name__}")
     groups = {f.name for f in dataclasses.fields(cfg)}
+    from_file = source != "override"
     for gname, values in data.items():
+        if gname == "plan" and from_file:  # a saved run's plan: derived, recomputed
+            continue
         if gname not in groups:
             raise ConfigError(f"{source}: unknown config group {gname!r}.{_suggest(gname, groups)}")
         group = getattr(cfg, gname)
@@ -409,6 +446,10 @@ def apply_dict(cfg: Config, data: dict, source: str = "config") -> Config:
         names = {f.name for f in dataclasses.fields(group)}
         for name, value in values.items():
             key = f"{gname}.{name}"
+            if key in DERIVED_KEYS:
+                if from_file:  # written by an older version: recomputed by resolve()
+                    continue
+                raise ConfigError(f"{key} is derived, not set: it follows from {DERIVED_KEYS[key]}")
             if name not in names:
                 raise ConfigError(
                     f"{source}: unknown config key {key!r}.{_suggest(key, _all_keys(cfg))}"
@@ -429,6 +470,8 @@ def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
         parts = key.split(".")
         if len(parts) != 2:
             raise ConfigError(f"unknown config key {key!r}.{_suggest(key, _all_keys(cfg))}")
+        if key in DERIVED_KEYS:
+            raise ConfigError(f"{key} is derived, not set: it follows from {DERIVED_KEYS[key]}")
         apply_dict(
             cfg,
             {parts[0]: {parts[1]: parse_value(text.strip(), _type_of(cfg, parts), key)}},
@@ -475,7 +518,9 @@ def load_config(path: str | None = None, overrides: list[str] | None = None) -> 
         file = find_config(path)
         data = _read_yaml(file)
         apply_dict(cfg, data, str(file))
-    return validate(apply_method(apply_overrides(cfg, overrides or [])))
+    overrides = overrides or []
+    explicit = {item.split("=", 1)[0].strip() for item in overrides}
+    return validate(apply_method(apply_overrides(cfg, overrides), explicit))
 
 
 def _read_yaml(file: Path):
@@ -495,11 +540,24 @@ def _read_yaml(file: Path):
         raise ConfigError(f"{file}: not a UTF-8 text file ({err.reason})") from None
 
 
-def apply_method(cfg: Config) -> Config:
+def apply_method(cfg: Config, explicit: set[str] | frozenset[str] = frozenset()) -> Config:
     """Settings a method fixes, applied as soon as the config is loaded (so the dataset is
-    built with them): ``byol`` and ``simclr`` train on the whole-image mask with K = 1."""
+    built with them): ``byol`` and ``simclr`` train on the whole-image mask with K = 1. A
+    recipe's or the defaults' masks are replaced (and said so); a value given explicitly
+    (``explicit``: the override keys) that conflicts is a :class:`ConfigError`."""
     m = cfg.masks
-    if cfg.loss.method in WHOLE_IMAGE_METHODS and (m.source, m.num_masks) != ("whole", 1):
+    if cfg.loss.method not in WHOLE_IMAGE_METHODS:
+        return cfg
+    fixed = {"masks.source": "whole", "masks.num_masks": 1}
+    for key, value in fixed.items():
+        current = getattr(m, key.split(".")[1])
+        if key in explicit and current != value:
+            raise ConfigError(
+                f"loss.method={cfg.loss.method} trains on the whole-image mask with "
+                f"masks.source=whole masks.num_masks=1, but {key}={current!r} was given; "
+                "drop it, or use detcon_b / detcon_s for region masks"
+            )
+    if (m.source, m.num_masks) != ("whole", 1):
         logging.getLogger("detcon.config").info(
             "loss.method=%s uses the whole-image mask: masks.source %r -> 'whole', "
             "masks.num_masks %d -> 1",
@@ -520,34 +578,72 @@ def from_dict(data: dict) -> Config:
     return apply_dict(Config(), data, "checkpoint config")
 
 
-def save_yaml(cfg: Config, path: str | os.PathLike) -> Path:
-    """Write the config as YAML atomically (temp file + os.replace)."""
+def save_yaml(cfg: Config, path: str | os.PathLike, plan: RunPlan | None = None) -> Path:
+    """Write the config (and the run's ``plan`` section, when given) as YAML atomically. The
+    file loads back as a recipe: the ``plan`` section is skipped (it is recomputed)."""
     path = Path(path)
+    data = to_dict(cfg) | ({"plan": plan.to_dict()} if plan is not None else {})
     with atomic_write(path, "w") as f:
-        yaml.safe_dump(to_dict(cfg), f, sort_keys=False)
+        yaml.safe_dump(data, f, sort_keys=False)
     return path
 
 
-def resolve(cfg: Config, dataset_size: int, world_size: int = 1) -> Config:
-    """Validate and compute every derived field, in place; returns ``cfg``.
+@dataclass(frozen=True)
+class RunPlan:
+    """What a config means for one run on one dataset and one process count: the derived
+    values, computed in exactly one place (:func:`resolve`), frozen, saved with the run
+    (``config.yaml``'s ``plan`` section and every checkpoint). Never set by users: they set
+    the fields these derive from."""
 
-    * ``train.local_batch = batch_size / (world_size * grad_accum)`` (must divide exactly);
-    * ``train.steps_per_epoch = dataset_size * repeat // batch_size`` (drop_last, official);
-    * ``train.total_steps = steps`` if set, else ``epochs * dataset_size * repeat // batch_size``
+    dataset_size: int
+    """Images in the dataset (before ``data.repeat``)."""
+    world_size: int
+    """Processes of the run."""
+    local_batch: int
+    """Images per process per micro-batch: ``batch_size / (world_size * grad_accum)``."""
+    steps_per_epoch: int
+    """Optimizer steps per epoch: ``dataset_size * repeat // batch_size`` (drop_last)."""
+    total_steps: int
+    """Optimizer steps of the run: ``train.steps``, else ``epochs * steps_per_epoch``."""
+    warmup_steps: int
+    """Linear warmup steps of the cosine schedule."""
+    peak_lr: float
+    """Learning rate after warmup: ``base_lr * batch_size / 256``."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+#: The derived values that older detcon versions kept among the config fields: dropped from
+#: saved files (they are recomputed), an error when set by an override.
+DERIVED_KEYS = {
+    "train.total_steps": "train.steps or train.epochs",
+    "train.steps_per_epoch": "data.batch_size and data.repeat",
+    "train.local_batch": "data.batch_size and train.grad_accum",
+    "optim.warmup_steps": "optim.warmup_epochs",
+    "optim.peak_lr": "optim.base_lr (peak = base_lr * batch_size / 256)",
+}
+
+
+def resolve(cfg: Config, dataset_size: int, world_size: int = 1) -> RunPlan:
+    """Validate ``cfg`` against the dataset and the process count and return the run's
+    :class:`RunPlan` (``cfg`` is not modified).
+
+    * ``local_batch = batch_size / (world_size * grad_accum)`` (must divide exactly);
+    * ``steps_per_epoch = dataset_size * repeat // batch_size`` (drop_last, official);
+    * ``total_steps = steps`` if set, else ``epochs * dataset_size * repeat // batch_size``
       (official ``num_epochs * 1281167 // 4096``);
-    * ``optim.warmup_steps = warmup_epochs * dataset_size * repeat // batch_size``; when
+    * ``warmup_steps = warmup_epochs * dataset_size * repeat // batch_size``; when
       ``warmup_epochs`` is -1, ``epochs // 100`` epochs (official), or ``total_steps // 100``
       when the run is given as ``train.steps`` (the same 1% of the run); capped below
       total_steps;
-    * ``optim.peak_lr = base_lr * batch_size / 256``;
-    * byol / simclr force the whole-image mask and K = 1;
+    * ``peak_lr = base_lr * batch_size / 256``;
     * every field is checked as by :func:`validate` (choices, ranges; not CUDA's presence).
     """
-    d, t, o, mo = cfg.data, cfg.train, cfg.optim, cfg.model
+    d, t, o = cfg.data, cfg.train, cfg.optim
     validate(cfg, check_device=False)  # the device is picked (and checked) by the trainer
-    apply_method(cfg)
-    if mo.output_stride not in (8, 16, 32):
-        raise ConfigError(f"model.output_stride must be 8, 16 or 32, got {mo.output_stride}")
+    if cfg.model.output_stride not in (8, 16, 32):
+        raise ConfigError(f"model.output_stride must be 8, 16 or 32, got {cfg.model.output_stride}")
     if d.image_size % 32:
         raise ConfigError(
             f"data.image_size must be a multiple of 32 (backbone stride), got {d.image_size}"
@@ -557,23 +653,27 @@ def resolve(cfg: Config, dataset_size: int, world_size: int = 1) -> Config:
         raise ConfigError(
             f"data.batch_size={d.batch_size} is not divisible by world_size*grad_accum={per}"
         )
-    t.local_batch = d.batch_size // per
     n = dataset_size * max(1, d.repeat)
     if n < d.batch_size:
         raise ConfigError(
             f"the dataset has {n} images (x repeat) but data.batch_size is {d.batch_size}; "
             "lower the batch size or raise data.repeat"
         )
-    t.steps_per_epoch = n // d.batch_size
-    t.total_steps = t.steps if t.steps > 0 else t.epochs * n // d.batch_size
-    if t.total_steps < 1:
+    total = t.steps if t.steps > 0 else t.epochs * n // d.batch_size
+    if total < 1:
         raise ConfigError("the run has 0 steps: set train.steps or train.epochs")
     if o.warmup_epochs >= 0:
         warmup = o.warmup_epochs * n // d.batch_size
     elif t.steps > 0:  # a step budget: the official 1% of the run (epochs // 100 of epochs)
-        warmup = t.total_steps // 100
+        warmup = total // 100
     else:  # official: warmup_epochs = epochs // 100
         warmup = (t.epochs // 100) * n // d.batch_size
-    o.warmup_steps = min(warmup, max(t.total_steps - 1, 0))
-    o.peak_lr = o.base_lr * d.batch_size / 256
-    return cfg
+    return RunPlan(
+        dataset_size=dataset_size,
+        world_size=world_size,
+        local_batch=d.batch_size // per,
+        steps_per_epoch=n // d.batch_size,
+        total_steps=total,
+        warmup_steps=min(warmup, max(total - 1, 0)),
+        peak_lr=o.base_lr * d.batch_size / 256,
+    )

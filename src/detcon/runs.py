@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 from detcon import checkpoint
-from detcon.config import to_dict
+from detcon.config import DERIVED_KEYS, to_dict
 
 log = logging.getLogger("detcon.train")
 
@@ -166,9 +166,9 @@ RESUME_MAY_CHANGE = (
     "train.resume",
     "train.steps",
     "train.epochs",
-    "train.total_steps",
     "train.stop_after",
     "train.progress",
+    *DERIVED_KEYS,  # in the configs saved by older versions
 )
 
 

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from detcon import distributed as dist
-from detcon.config import WHOLE_IMAGE_METHODS
+from detcon.config import WHOLE_IMAGE_METHODS, Config, RunPlan
 from detcon.losses import byol_loss, detcon_loss
 from detcon.masks import downsample_masks, sample_mask_ids
 from detcon.model import DetConNet, build_backbone, ema_update_, make_target
@@ -64,7 +64,7 @@ class OnlineModel(nn.Module):
         return out_a, out_b, logits
 
 
-def build_models(cfg, device: torch.device, num_classes: int = 0):
+def build_models(cfg: Config, device: torch.device, num_classes: int = 0):
     """(online: OnlineModel, target: DetConNet | None), SyncBN-converted when distributed."""
     m = cfg.model
     torch.manual_seed(cfg.train.seed)  # same initial weights on every rank
@@ -98,19 +98,20 @@ def build_models(cfg, device: torch.device, num_classes: int = 0):
     return online.to(device), target
 
 
-def build_optimizer(cfg, model: nn.Module) -> torch.optim.Optimizer:
-    """LARS (official; bias and BN parameters excluded from decay and adaptation) or SGD."""
+def build_optimizer(cfg: Config, model: nn.Module) -> torch.optim.Optimizer:
+    """LARS (official; bias and BN parameters excluded from decay and adaptation) or SGD. The
+    learning rate is set by every step from the schedule; ``base_lr`` is only a placeholder."""
     o = cfg.optim
     groups = param_groups(model, o.weight_decay)
     if o.optimizer == "sgd":
         groups = [{k: v for k, v in g.items() if k != "lars_exclude"} for g in groups]
         return torch.optim.SGD(
-            groups, lr=o.peak_lr, momentum=o.momentum, weight_decay=o.weight_decay
+            groups, lr=o.base_lr, momentum=o.momentum, weight_decay=o.weight_decay
         )
-    return LARS(groups, lr=o.peak_lr, momentum=o.momentum, weight_decay=o.weight_decay, eta=o.eta)
+    return LARS(groups, lr=o.base_lr, momentum=o.momentum, weight_decay=o.weight_decay, eta=o.eta)
 
 
-def autocast_for(cfg, device: torch.device):
+def autocast_for(cfg: Config, device: torch.device):
     """The one AMP context: bf16/fp16 autocast, or disabled (fp32; bf16 on CPU unless allowed)."""
     p = cfg.train.precision
     enabled = p != "fp32" and (device.type == "cuda" or cfg.train.cpu_autocast)
@@ -143,7 +144,8 @@ class TrainState:
     """Everything one step updates. ``model`` is what runs the forward (``online``, or it
     wrapped by DDP and/or ``torch.compile``); ``online`` and ``target`` are unwrapped."""
 
-    cfg: object
+    cfg: Config
+    plan: RunPlan
     device: torch.device
     model: nn.Module
     online: OnlineModel
@@ -153,7 +155,9 @@ class TrainState:
     guard: BufferGuard
 
 
-def build_train_state(cfg, device: torch.device, num_classes: int = 0) -> TrainState:
+def build_train_state(
+    cfg: Config, plan: RunPlan, device: torch.device, num_classes: int = 0
+) -> TrainState:
     """Networks, optimizer, grad scaler (fp16 only), DDP and ``torch.compile`` wrapping."""
     online, target = build_models(cfg, device, num_classes)
     model: nn.Module = online
@@ -165,6 +169,7 @@ def build_train_state(cfg, device: torch.device, num_classes: int = 0) -> TrainS
         target = torch.compile(target) if target is not None else None
     return TrainState(
         cfg=cfg,
+        plan=plan,
         device=device,
         model=model,
         online=online,
@@ -202,7 +207,7 @@ def prepare_masks(
     return cells, ids
 
 
-def forward_loss(model, target, views, cells, ids, cfg, labels=None):
+def forward_loss(model, target, views, cells, ids, cfg: Config, labels=None):
     """Loss of this process for one micro-batch, and metrics (python floats are NOT synced).
 
     views/cells/ids: pairs ``(a, b)`` of ``[B,3,S,S]``, ``[B,h,w]``, ``[B,K]``.
@@ -299,11 +304,11 @@ def train_step(
     process got a signal) is read after the micro-batch is loaded and agreed on in the same
     collective as the finite check.
     """
-    cfg, t, device = state.cfg, state.cfg.train, state.device
-    lr = lr_schedule(step, t.total_steps, cfg.optim.warmup_steps, cfg.optim.peak_lr)
+    cfg, plan, t, device = state.cfg, state.plan, state.cfg.train, state.device
+    lr = lr_schedule(step, plan.total_steps, plan.warmup_steps, plan.peak_lr)
     for group in state.optimizer.param_groups:
         group["lr"] = lr
-    tau = ema_schedule(step, t.total_steps, cfg.optim.ema_base)
+    tau = ema_schedule(step, plan.total_steps, cfg.optim.ema_base)
     gen = mask_generator(t.seed, step, dist.rank(), device)
     side = cfg.data.image_size // cfg.model.output_stride
     whole = cfg.loss.method in WHOLE_IMAGE_METHODS

@@ -15,7 +15,7 @@ from tqdm import tqdm
 
 from detcon import checkpoint
 from detcon import distributed as dist
-from detcon.config import Config, resolve, save_yaml
+from detcon.config import Config, RunPlan, resolve, save_yaml
 from detcon.data.loader import build_dataset, build_loader, num_classes
 from detcon.fileio import remove_stale_temps
 from detcon.metrics_log import (
@@ -56,7 +56,7 @@ def train(cfg: Config, dataset=None, *, overwrite: bool = False) -> dict:
     device = dist.pick_device(cfg.train.device)
     # ---- data
     dataset = build_dataset(cfg) if dataset is None else dataset
-    resolve(cfg, len(dataset), dist.world_size())
+    plan = resolve(cfg, len(dataset), dist.world_size())
     t = cfg.train
     # ---- the checkpoint to resume from, checked against this config before anything is built
     resume_from, resume_ckpt = select_resume(cfg)
@@ -64,25 +64,27 @@ def train(cfg: Config, dataset=None, *, overwrite: bool = False) -> dict:
         check_resume_config(cfg, resume_ckpt, resume_from)
     if main:
         _remove_stale_temps(run_dir)
-    loader, sampler = build_loader(dataset, cfg, dist.rank(), dist.world_size(), device)
+    loader, sampler = build_loader(dataset, cfg, plan, dist.rank(), device)
     # ---- networks, optimizer, resume
-    state = build_train_state(cfg, device, num_classes(dataset))
+    state = build_train_state(cfg, plan, device, num_classes(dataset))
     step, loss = 0, float("nan")
     if resume_ckpt is not None:
         step, loss = _resume(state, resume_ckpt, resume_from, run_dir)
         del resume_ckpt
-    finished_before = resume_from is not None and step >= t.total_steps
+    finished_before = resume_from is not None and step >= plan.total_steps
     if main:
-        save_yaml(cfg, run_dir / "config.yaml")
-        _log_plan(cfg, device, step)
+        save_yaml(cfg, run_dir / "config.yaml", plan)
+        _log_plan(cfg, plan, device, step)
     # ---- loop
     stop, writer = StopFlag(), MetricsWriter(run_dir, start_step=step)
-    progress = _Progress(t.total_steps, step, enabled=main and t.progress)
+    progress = _Progress(plan.total_steps, step, enabled=main and t.progress)
     meter = Throughput(cfg.data.batch_size)
-    batches = _batches(loader, sampler, cfg, step, meter, run_dir / "masks.png" if main else None)
+    batches = _batches(
+        loader, sampler, plan, t.grad_accum, step, meter, run_dir / "masks.png" if main else None
+    )
     session_steps, stopped = 0, False
     try:
-        while step < t.total_steps and not stopped:
+        while step < plan.total_steps and not stopped:
             try:
                 out = train_step(state, batches, step, stop_requested=lambda: stop.stop)
             except NonFiniteLossError as err:
@@ -90,9 +92,9 @@ def train(cfg: Config, dataset=None, *, overwrite: bool = False) -> dict:
                 raise NonFiniteLossError(f"{err}; last good state saved to {path}") from None
             step, session_steps, meter.steps = step + 1, session_steps + 1, meter.steps + 1
             progress.update()
-            if step % t.log_every == 0 or step == t.total_steps:
+            if step % t.log_every == 0 or step == plan.total_steps:
                 loss = dist.reduce_mean(out.loss).item()
-                record = {"step": step, "epoch": (step - 1) // t.steps_per_epoch, "loss": loss}
+                record = {"step": step, "epoch": (step - 1) // plan.steps_per_epoch, "loss": loss}
                 record |= {"lr": out.lr, "tau": out.tau, **meter.record()}
                 record["memory_mb"] = memory_mb(device)
                 if out.probe_acc is not None:
@@ -102,7 +104,7 @@ def train(cfg: Config, dataset=None, *, overwrite: bool = False) -> dict:
             if t.keep_every and step % t.keep_every == 0:
                 _save(state, step, loss, f"step_{step:07d}.pt")
             stopped = out.stop or (t.stop_after > 0 and session_steps >= t.stop_after)
-            if step % t.ckpt_every == 0 or step == t.total_steps or stopped:
+            if step % t.ckpt_every == 0 or step == plan.total_steps or stopped:
                 path = _save(state, step, loss)  # first save, then talk about it
                 if out.stop and path is not None:
                     log.warning("stopped by a signal at step %d: saved %s", step, path)
@@ -125,17 +127,18 @@ def train(cfg: Config, dataset=None, *, overwrite: bool = False) -> dict:
     }
 
 
-def _batches(loader, sampler, cfg, step: int, meter: Throughput, figure: Path | None) -> Iterator:
+def _batches(
+    loader, sampler, plan: RunPlan, accum: int, step: int, meter: Throughput, figure: Path | None
+) -> Iterator:
     """The micro-batches of the run from step ``step`` on, epoch after epoch: exactly
     ``steps_per_epoch * grad_accum`` per epoch (a partial last batch group is dropped), the
     first epoch skipping what the steps before ``step`` consumed. Time spent waiting for data
     goes to ``meter.wait``; the first batch's views and region maps are drawn to ``figure``."""
-    t = cfg.train
-    epoch, done = divmod(step, t.steps_per_epoch)
+    epoch, done = divmod(step, plan.steps_per_epoch)
     while True:
-        sampler.set_epoch(epoch, skip=done * t.local_batch * t.grad_accum)
+        sampler.set_epoch(epoch, skip=done * plan.local_batch * accum)
         loader_iter = iter(loader)
-        for _ in range((t.steps_per_epoch - done) * t.grad_accum):
+        for _ in range((plan.steps_per_epoch - done) * accum):
             t0 = time.perf_counter()
             batch = next(loader_iter)
             meter.wait += time.perf_counter() - t0
@@ -152,7 +155,14 @@ def _save(state: TrainState, step: int, loss: float, name: str = "last.pt") -> P
         return None
     target = dist.unwrap(state.target) if state.target is not None else None
     ckpt = checkpoint.make_checkpoint(
-        state.cfg, step, state.online, target, state.optimizer, state.scaler, loss=loss
+        state.cfg,
+        state.plan,
+        step,
+        state.online,
+        target,
+        state.optimizer,
+        state.scaler,
+        loss=loss,
     )
     return checkpoint.save_atomic(ckpt, Path(state.cfg.train.out) / name)
 
@@ -197,25 +207,25 @@ def _remove_stale_temps(run_dir: Path) -> None:
         )
 
 
-def _log_plan(cfg: Config, device, step: int) -> None:
-    t, batch = cfg.train, cfg.data.batch_size
+def _log_plan(cfg: Config, plan: RunPlan, device, step: int) -> None:
+    batch = cfg.data.batch_size
     log.info(
         "run folder %s: %d steps of %d images (%d per process-step), %s on %s, world %d",
-        t.out,
-        t.total_steps,
+        cfg.train.out,
+        plan.total_steps,
         batch,
-        t.local_batch,
+        plan.local_batch,
         cfg.loss.method,
         device,
         dist.world_size(),
     )
     log.info(
         "plan: %d steps = %.1f epochs of %d images, %d images seen%s",
-        t.total_steps,
-        t.total_steps / t.steps_per_epoch,
-        t.steps_per_epoch * batch,
-        t.total_steps * batch,
-        f" (from step {step}: {max(t.total_steps - step, 0)} to go)" if step else "",
+        plan.total_steps,
+        plan.total_steps / plan.steps_per_epoch,
+        plan.steps_per_epoch * batch,
+        plan.total_steps * batch,
+        f" (from step {step}: {max(plan.total_steps - step, 0)} to go)" if step else "",
     )
 
 

@@ -19,6 +19,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from detcon.config import Config, RunPlan
+
 
 def item_seed(seed: int, epoch: int, index: int) -> int:
     """A 63-bit seed mixing (seed, epoch, index) with SplitMix64-style constants."""
@@ -100,7 +102,7 @@ class EpochSampler(DistributedSampler):
         return self.num_samples - self.skip
 
 
-def build_dataset(cfg) -> Dataset:
+def build_dataset(cfg: Config) -> Dataset:
     """The pretraining dataset named by ``cfg.data.data`` with ``cfg.masks.source`` region maps
     (``data.repeat`` is applied by :class:`SeededItems`, not here)."""
     from detcon.data.builtin import build_pretrain_dataset
@@ -126,15 +128,16 @@ def num_classes(dataset) -> int:
     return len(classes) if classes else int(getattr(dataset, "num_classes", 0) or 0)
 
 
-def build_loader(dataset: Dataset, cfg, rank: int, world: int, device: torch.device):
-    """(loader, sampler) for the resolved config: micro-batches of ``train.local_batch``."""
+def build_loader(dataset: Dataset, cfg: Config, plan: RunPlan, rank: int, device: torch.device):
+    """(loader, sampler) of process ``rank`` for the run: micro-batches of
+    ``plan.local_batch``, in the order of :class:`EpochSampler`."""
     d = cfg.data
     items = SeededItems(dataset, cfg.train.seed, d.repeat, num_masks=cfg.masks.num_masks)
-    sampler = EpochSampler(len(items), world, rank, cfg.train.seed)
+    sampler = EpochSampler(len(items), plan.world_size, rank, cfg.train.seed)
     workers = d.num_workers
     loader = DataLoader(
         items,
-        batch_size=cfg.train.local_batch,
+        batch_size=plan.local_batch,
         sampler=sampler,
         num_workers=workers,
         pin_memory=d.pin_memory and device.type == "cuda",
