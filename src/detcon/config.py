@@ -2,7 +2,7 @@
 
 One :class:`Config` holds six groups (``data``, ``masks``, ``model``, ``loss``, ``optim``,
 ``train``). Defaults reproduce the official DetCon_B ImageNet recipe (see
-``shared/design/detcon-official.md`` section 7); the shipped recipes in ``detcon/configs/*.yaml``
+``docs/official.md`` §7); the shipped recipes in ``detcon/configs/*.yaml``
 only list what differs. The values a config implies for one run (total steps, warmup steps,
 peak learning rate, per-process batch) are not config fields: :func:`resolve` computes them in
 one place and returns them as a frozen :class:`RunPlan`.
@@ -40,7 +40,7 @@ Precision = Literal["fp32", "bf16", "fp16"]
 Init = Literal["official", "torchvision"]  # = detcon.model.heads.INITS
 Padding = Literal["same", "torch"]  # = detcon.model.backbone.PADDINGS
 TargetInit = Literal["random", "copy"]
-Photometric = Literal["official", "torchvision", "none"]  # = data.transforms.PHOTOMETRIC_MODES
+Photometric = Literal["official", "torchvision", "none"]  # data.transforms.PHOTOMETRIC_MODES
 Crop = Literal["official", "torchvision"]
 Optimizer = Literal["lars", "sgd"]
 AugmentOn = Literal["host", "device"]

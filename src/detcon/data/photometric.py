@@ -1,7 +1,7 @@
 """Official (dm_pix) photometric augmentations in torch: the DetCon / BYOL colour recipe.
 
 These reproduce the semantics of the official ``utils/augmentations.py::postprocess``, which
-calls dm_pix (detcon-official.md section 3), on one float32 image ``[3, H, W]`` in [0, 1]:
+calls dm_pix (docs/official.md §3), on one float32 image ``[3, H, W]`` in [0, 1]:
 
 * brightness: ``x + delta``, delta ~ U[-0.4, 0.4) (additive, unlike torchvision);
 * contrast: ``f * (x - mean) + mean`` with the **per-channel** spatial mean, f ~ U[0.6, 1.4);

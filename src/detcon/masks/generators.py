@@ -88,7 +88,7 @@ def _ensure(labels: np.ndarray) -> np.ndarray:
 class FHGenerator(MaskGenerator):
     """Felzenszwalb-Huttenlocher graph segmentation (``skimage.segmentation.felzenszwalb``).
 
-    Defaults reproduce the official DetCon masks (detcon-official.md section 1): ``scale=1000``,
+    Defaults reproduce the official DetCon masks (docs/official.md §1): ``scale=1000``,
     ``sigma=0.8``, ``min_size=1000`` at the image's full resolution.
 
     ``max_side`` (deviation, off by default): when the longer side exceeds ``max_side`` the

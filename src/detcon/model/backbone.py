@@ -8,7 +8,7 @@ We build the stages ourselves rather than calling ``torchvision.models.resnet50(
 torchvision cannot scale the stage widths (the official ``width_multiplier``); the tests check
 key-for-key and output equality with the torchvision constructors.
 
-Official details (detcon-official.md section 5) that hold here too: 7x7/2 stem with 64 channels
+Official details (docs/official.md §5) that hold here too: 7x7/2 stem with 64 channels
 and no bias, 3x3/2 max-pool, bottleneck stride on the 3x3 conv ("v1.5", torchvision's default),
 projection shortcut (1x1 conv + BN) on the first block of each stage, the last BN of every residual
 branch zero-initialised, BN momentum 0.1 = haiku decay 0.9, eps 1e-5.

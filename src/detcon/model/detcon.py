@@ -42,7 +42,7 @@ def distinct_rows(mask_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, t
 
 
 class DetConNet(nn.Module):
-    """Backbone + projector MLP + optional predictor MLP (detcon-official.md section 5).
+    """Backbone + projector MLP + optional predictor MLP (docs/official.md §5).
 
     Args:
         backbone: a module mapping ``[B,3,H,W] -> [B,C,h,w]`` with an ``out_channels`` attribute
@@ -155,7 +155,7 @@ def make_target(online: nn.Module, reinit: bool = False) -> nn.Module:
     """The EMA target network: a deep copy of ``online`` with ``requires_grad=False`` everywhere.
 
     Deviation (default): the copy starts from the online weights, as PyTorch BYOL ports do. The
-    official code initialises the target from a *different* random key (detcon-official.md 8.8;
+    official code initialises the target from a *different* random key (docs/official.md §8;
     its comments say this made no difference). ``reinit=True`` reproduces that: the copy is
     re-initialised with fresh random weights via its ``reset_parameters()``.
 

@@ -1,4 +1,4 @@
-"""The EMA update of the target network (detcon-official.md 7.4).
+"""The EMA update of the target network (docs/official.md §7).
 
 Called once per step, right after ``optimizer.step()``, with ``tau`` from the EMA schedule:
 ``ema_update_(target, online, tau)``.

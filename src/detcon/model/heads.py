@@ -1,6 +1,6 @@
 """Projector / predictor MLP heads and the official ("haiku default") weight initialiser.
 
-The official DetCon networks (detcon-official.md section 5) use the same ``MLP`` for the
+The official DetCon networks (docs/official.md §5) use the same ``MLP`` for the
 projector (C -> 4096 -> 256) and the predictor (256 -> 4096 -> 256):
 ``Linear(hidden, bias) -> BatchNorm -> ReLU -> Linear(out, no bias)``. They are applied to
 ``[B, K, C]`` tensors of mask-pooled features, so the BatchNorm statistics are taken over all

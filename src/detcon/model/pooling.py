@@ -1,6 +1,6 @@
 """Mask pooling: the mean of backbone features over the feature cells of each sampled mask.
 
-This is the pooling of the official ``run_detcon_b_forward_on_view`` (detcon-official.md 4.3):
+This is the pooling of the official ``run_detcon_b_forward_on_view`` (docs/official.md §4):
 cells are hard-assigned to one mask id each (``cell_ids``), each sampled id's binary mask is
 area-normalised with ``max(area, 1)`` and the pooled vectors are one batched matmul.
 """
