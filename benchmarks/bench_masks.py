@@ -24,7 +24,6 @@ import json
 import os
 import platform
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -32,8 +31,9 @@ from pathlib import Path
 
 import numpy as np
 
-CACHE = Path(__file__).resolve().parent / ".cache" / "masks"
-OPENCV_DATA = CACHE / "x/usr/share/doc/opencv-doc/examples/data"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import scenes  # noqa: E402  (the one Debian package fetcher of the benchmarks)
+
 OPENCV_PHOTOS = [
     "aero1.jpg", "aloeL.jpg", "apple.jpg", "baboon.jpg", "board.jpg", "building.jpg",
     "butterfly.jpg", "ela_original.jpg", "fruits.jpg", "graf1.png", "HappyFish.jpg", "home.jpg",
@@ -43,19 +43,15 @@ OPENCV_PHOTOS = [
 
 
 def fetch_opencv_photos() -> list[Path]:
-    """Photographs from Debian's opencv-doc (apt-get download + dpkg-deb -x), or [] with a note."""
-    if not OPENCV_DATA.is_dir():
-        CACHE.mkdir(parents=True, exist_ok=True)
-        try:
-            subprocess.run(["apt-get", "download", "opencv-doc"], cwd=CACHE, check=True,
-                           capture_output=True, timeout=300)  # fmt: skip
-            (deb,) = sorted(CACHE.glob("opencv-doc_*.deb"))
-            subprocess.run(["dpkg-deb", "-x", str(deb), str(CACHE / "x")], check=True, timeout=300)
-            deb.unlink()
-        except (OSError, subprocess.SubprocessError, ValueError) as err:
-            print(f"note: opencv-doc photos unavailable ({err}); using scikit-image photos only")
-            return []
-    return [OPENCV_DATA / n for n in OPENCV_PHOTOS if (OPENCV_DATA / n).is_file()]
+    """Photographs from Debian's opencv-doc (fetched once by ``scenes.fetch_packages`` into
+    ``benchmarks/.cache``), or [] with a note when apt cannot fetch it."""
+    try:
+        root = scenes.fetch_packages(packages=("opencv-doc",))
+    except (OSError, RuntimeError) as err:
+        print(f"note: opencv-doc photos unavailable ({err}); using scikit-image photos only")
+        return []
+    data = root / "usr/share/doc/opencv-doc/examples/data"
+    return [data / n for n in OPENCV_PHOTOS if (data / n).is_file()]
 
 
 def benchmark_images(max_images: int = 24) -> list[Path]:
