@@ -11,7 +11,7 @@ sigma=0.8, min_size=1000):
 * ``detcon masks`` end to end (decode + FH + compressed atomic write) with 1 and N workers.
 
 Images: scikit-image's bundled photographs plus the photographs of Debian's ``opencv-doc``
-package (downloaded with ``apt-get download`` into ``benchmarks/.cache/masks``; skipped with a
+package (downloaded with ``apt-get download`` into ``benchmarks/.cache``; skipped with a
 message when unavailable). Usage::
 
     python benchmarks/bench_masks.py [--json FILE] [--workers 2] [--max-images 24]
