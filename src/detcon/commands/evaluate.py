@@ -227,8 +227,9 @@ def _available_workers(requested: int) -> int:
 
 def run(args) -> int:
     from detcon.evaluation.common import save_outputs
+    from detcon.metrics_log import setup_logging
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    setup_logging()  # the one logging set-up (rank-0 filter, survives a closed pipe)
     cfg = config_from_args(args, workers=_available_workers(args.workers))
     if args.protocol == "linear":
         from detcon.evaluation.linear import run_linear as job
