@@ -400,30 +400,31 @@ def validate(cfg: Config, check_device: bool = True) -> Config:
         value = getattr(getattr(cfg, group), name)
         _check_choice(key, value)
         _check_range(key, value)
-    t = cfg.train
-    if t.steps == 0 and t.epochs < 1:
+    if cfg.train.steps == 0 and cfg.train.epochs < 1:
         raise ConfigError(
-            f"train.epochs must be >= 1 when train.steps is 0 (derived from epochs), got {t.epochs}"
+            f"train.epochs must be >= 1 when train.steps is 0 (derived from epochs), got {cfg.train.epochs}"
         )
-    for name in t.loggers.split(","):
+    for name in cfg.train.loggers.split(","):
         if name.strip() not in LOGGERS:
             raise ConfigError(
                 f"train.loggers: {name.strip()!r} is not one of {LOGGERS} (comma-separated)."
                 f"{_suggest(name.strip(), LOGGERS)}"
             )
-    if not _DEVICE.fullmatch(t.device):
-        raise ConfigError(f"train.device: {t.device!r} is not one of auto, cpu, cuda, cuda:N")
-    if check_device and t.device.startswith("cuda"):
+    if not _DEVICE.fullmatch(cfg.train.device):
+        raise ConfigError(
+            f"train.device: {cfg.train.device!r} is not one of auto, cpu, cuda, cuda:N"
+        )
+    if check_device and cfg.train.device.startswith("cuda"):
         import torch
 
         if not torch.cuda.is_available():
             raise ConfigError(
-                f"train.device={t.device} but CUDA is not available; use train.device=cpu or auto"
+                f"train.device={cfg.train.device} but CUDA is not available; use train.device=cpu or auto"
             )
-        index = int(t.device.partition(":")[2] or 0)
+        index = int(cfg.train.device.partition(":")[2] or 0)
         if index >= torch.cuda.device_count():
             raise ConfigError(
-                f"train.device={t.device} but only {torch.cuda.device_count()} CUDA devices "
+                f"train.device={cfg.train.device} but only {torch.cuda.device_count()} CUDA devices "
                 "are visible"
             )
     return cfg
@@ -545,27 +546,26 @@ def apply_method(cfg: Config, explicit: set[str] | frozenset[str] = frozenset())
     built with them): ``byol`` and ``simclr`` train on the whole-image mask with K = 1. A
     recipe's or the defaults' masks are replaced (and said so); a value given explicitly
     (``explicit``: the override keys) that conflicts is a :class:`ConfigError`."""
-    m = cfg.masks
     if cfg.loss.method not in WHOLE_IMAGE_METHODS:
         return cfg
     fixed = {"masks.source": "whole", "masks.num_masks": 1}
     for key, value in fixed.items():
-        current = getattr(m, key.split(".")[1])
+        current = getattr(cfg.masks, key.split(".")[1])
         if key in explicit and current != value:
             raise ConfigError(
                 f"loss.method={cfg.loss.method} trains on the whole-image mask with "
                 f"masks.source=whole masks.num_masks=1, but {key}={current!r} was given; "
                 "drop it, or use detcon_b / detcon_s for region masks"
             )
-    if (m.source, m.num_masks) != ("whole", 1):
+    if (cfg.masks.source, cfg.masks.num_masks) != ("whole", 1):
         logging.getLogger("detcon.config").info(
             "loss.method=%s uses the whole-image mask: masks.source %r -> 'whole', "
             "masks.num_masks %d -> 1",
             cfg.loss.method,
-            m.source,
-            m.num_masks,
+            cfg.masks.source,
+            cfg.masks.num_masks,
         )
-        m.source, m.num_masks = "whole", 1
+        cfg.masks.source, cfg.masks.num_masks = "whole", 1
     return cfg
 
 
@@ -640,40 +640,40 @@ def resolve(cfg: Config, dataset_size: int, world_size: int = 1) -> RunPlan:
     * ``peak_lr = base_lr * batch_size / 256``;
     * every field is checked as by :func:`validate` (choices, ranges; not CUDA's presence).
     """
-    d, t, o = cfg.data, cfg.train, cfg.optim
+    data, train, optim = cfg.data, cfg.train, cfg.optim
     validate(cfg, check_device=False)  # the device is picked (and checked) by the trainer
     if cfg.model.output_stride not in (8, 16, 32):
         raise ConfigError(f"model.output_stride must be 8, 16 or 32, got {cfg.model.output_stride}")
-    if d.image_size % 32:
+    if data.image_size % 32:
         raise ConfigError(
-            f"data.image_size must be a multiple of 32 (backbone stride), got {d.image_size}"
+            f"data.image_size must be a multiple of 32 (backbone stride), got {data.image_size}"
         )
-    per = world_size * t.grad_accum
-    if d.batch_size % per:
+    per = world_size * train.grad_accum
+    if data.batch_size % per:
         raise ConfigError(
-            f"data.batch_size={d.batch_size} is not divisible by world_size*grad_accum={per}"
+            f"data.batch_size={data.batch_size} is not divisible by world_size*grad_accum={per}"
         )
-    n = dataset_size * max(1, d.repeat)
-    if n < d.batch_size:
+    n = dataset_size * max(1, data.repeat)
+    if n < data.batch_size:
         raise ConfigError(
-            f"the dataset has {n} images (x repeat) but data.batch_size is {d.batch_size}; "
+            f"the dataset has {n} images (x repeat) but data.batch_size is {data.batch_size}; "
             "lower the batch size or raise data.repeat"
         )
-    total = t.steps if t.steps > 0 else t.epochs * n // d.batch_size
+    total = train.steps if train.steps > 0 else train.epochs * n // data.batch_size
     if total < 1:
         raise ConfigError("the run has 0 steps: set train.steps or train.epochs")
-    if o.warmup_epochs >= 0:
-        warmup = o.warmup_epochs * n // d.batch_size
-    elif t.steps > 0:  # a step budget: the official 1% of the run (epochs // 100 of epochs)
+    if optim.warmup_epochs >= 0:
+        warmup = optim.warmup_epochs * n // data.batch_size
+    elif train.steps > 0:  # a step budget: the official 1% of the run (epochs // 100 of epochs)
         warmup = total // 100
     else:  # official: warmup_epochs = epochs // 100
-        warmup = (t.epochs // 100) * n // d.batch_size
+        warmup = (train.epochs // 100) * n // data.batch_size
     return RunPlan(
         dataset_size=dataset_size,
         world_size=world_size,
-        local_batch=d.batch_size // per,
-        steps_per_epoch=n // d.batch_size,
+        local_batch=data.batch_size // per,
+        steps_per_epoch=n // data.batch_size,
         total_steps=total,
         warmup_steps=min(warmup, max(total - 1, 0)),
-        peak_lr=o.base_lr * d.batch_size / 256,
+        peak_lr=optim.base_lr * data.batch_size / 256,
     )

@@ -66,22 +66,24 @@ class OnlineModel(nn.Module):
 
 def build_models(cfg: Config, device: torch.device, num_classes: int = 0):
     """(online: OnlineModel, target: DetConNet | None), SyncBN-converted when distributed."""
-    m = cfg.model
     torch.manual_seed(cfg.train.seed)  # same initial weights on every rank
     backbone = build_backbone(
-        m.backbone, width_multiplier=m.width_multiplier, init=m.init, padding=m.padding
+        cfg.model.backbone,
+        width_multiplier=cfg.model.width_multiplier,
+        init=cfg.model.init,
+        padding=cfg.model.padding,
     )
-    set_output_stride_(backbone, m.output_stride)  # 32: unchanged (official)
+    set_output_stride_(backbone, cfg.model.output_stride)  # 32: unchanged (official)
     net = DetConNet(
         backbone,
-        m.proj_hidden,
-        m.proj_dim,
+        cfg.model.proj_hidden,
+        cfg.model.proj_dim,
         predictor=uses_target(cfg.loss.method),
-        pred_hidden=m.pred_hidden,
-        head_init=m.init,
+        pred_hidden=cfg.model.pred_hidden,
+        head_init=cfg.model.init,
     )
-    if m.init_from:  # existing weights for the online network (and so for the target)
-        init_from_(net, m.init_from, strict=m.init_strict)
+    if cfg.model.init_from:  # existing weights for the online network (and so for the target)
+        init_from_(net, cfg.model.init_from, strict=cfg.model.init_strict)
     if dist.is_dist():  # BN statistics over the global batch, as the official cross-replica BN
         net = dist.convert_sync_batchnorm(net, device)
     net = net.to(device)
@@ -89,10 +91,12 @@ def build_models(cfg: Config, device: torch.device, num_classes: int = 0):
         net = net.to(memory_format=torch.channels_last)
     target = None
     if uses_target(cfg.loss.method):  # official: the target has its own random init
-        target = make_target(net, reinit=m.target_init == "random" and not m.init_from)
+        target = make_target(
+            net, reinit=cfg.model.target_init == "random" and not cfg.model.init_from
+        )
     probe_classes = num_classes if cfg.train.probe else 0
     online = OnlineModel(net, probe_classes)
-    if online.probe is not None and m.init == "official":
+    if online.probe is not None and cfg.model.init == "official":
         trunc_normal_fan_in_(online.probe.weight)
         nn.init.zeros_(online.probe.bias)
     return online.to(device), target
@@ -101,14 +105,22 @@ def build_models(cfg: Config, device: torch.device, num_classes: int = 0):
 def build_optimizer(cfg: Config, model: nn.Module) -> torch.optim.Optimizer:
     """LARS (official; bias and BN parameters excluded from decay and adaptation) or SGD. The
     learning rate is set by every step from the schedule; ``base_lr`` is only a placeholder."""
-    o = cfg.optim
-    groups = param_groups(model, o.weight_decay)
-    if o.optimizer == "sgd":
+    groups = param_groups(model, cfg.optim.weight_decay)
+    if cfg.optim.optimizer == "sgd":
         groups = [{k: v for k, v in g.items() if k != "lars_exclude"} for g in groups]
         return torch.optim.SGD(
-            groups, lr=o.base_lr, momentum=o.momentum, weight_decay=o.weight_decay
+            groups,
+            lr=cfg.optim.base_lr,
+            momentum=cfg.optim.momentum,
+            weight_decay=cfg.optim.weight_decay,
         )
-    return LARS(groups, lr=o.base_lr, momentum=o.momentum, weight_decay=o.weight_decay, eta=o.eta)
+    return LARS(
+        groups,
+        lr=cfg.optim.base_lr,
+        momentum=cfg.optim.momentum,
+        weight_decay=cfg.optim.weight_decay,
+        eta=cfg.optim.eta,
+    )
 
 
 def autocast_for(cfg: Config, device: torch.device):

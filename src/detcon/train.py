@@ -57,7 +57,6 @@ def train(cfg: Config, dataset=None, *, overwrite: bool = False) -> dict:
     # ---- data
     dataset = build_dataset(cfg) if dataset is None else dataset
     plan = resolve(cfg, len(dataset), dist.world_size())
-    t = cfg.train
     # ---- the checkpoint to resume from, checked against this config before anything is built
     resume_from, resume_ckpt = select_resume(cfg)
     if resume_ckpt is not None:
@@ -77,10 +76,16 @@ def train(cfg: Config, dataset=None, *, overwrite: bool = False) -> dict:
         _log_plan(cfg, plan, device, step)
     # ---- loop
     stop, writer = StopFlag(), MetricsWriter(run_dir, start_step=step)
-    progress = _Progress(plan.total_steps, step, enabled=main and t.progress)
+    progress = _Progress(plan.total_steps, step, enabled=main and cfg.train.progress)
     meter = Throughput(cfg.data.batch_size)
     batches = _batches(
-        loader, sampler, plan, t.grad_accum, step, meter, run_dir / "masks.png" if main else None
+        loader,
+        sampler,
+        plan,
+        cfg.train.grad_accum,
+        step,
+        meter,
+        run_dir / "masks.png" if main else None,
     )
     session_steps, stopped = 0, False
     try:
@@ -92,7 +97,7 @@ def train(cfg: Config, dataset=None, *, overwrite: bool = False) -> dict:
                 raise NonFiniteLossError(f"{err}; last good state saved to {path}") from None
             step, session_steps, meter.steps = step + 1, session_steps + 1, meter.steps + 1
             progress.update()
-            if step % t.log_every == 0 or step == plan.total_steps:
+            if step % cfg.train.log_every == 0 or step == plan.total_steps:
                 loss = dist.reduce_mean(out.loss).item()
                 record = {"step": step, "epoch": (step - 1) // plan.steps_per_epoch, "loss": loss}
                 record |= {"lr": out.lr, "tau": out.tau, **meter.record()}
@@ -101,10 +106,12 @@ def train(cfg: Config, dataset=None, *, overwrite: bool = False) -> dict:
                     record["probe_acc"] = dist.reduce_mean(out.probe_acc).item()
                 writer.write(record)
                 progress.postfix(loss=f"{loss:.4f}", lr=f"{out.lr:.3g}")
-            if t.keep_every and step % t.keep_every == 0:
+            if cfg.train.keep_every and step % cfg.train.keep_every == 0:
                 _save(state, step, loss, f"step_{step:07d}.pt")
-            stopped = out.stop or (t.stop_after > 0 and session_steps >= t.stop_after)
-            if step % t.ckpt_every == 0 or step == plan.total_steps or stopped:
+            stopped = out.stop or (
+                cfg.train.stop_after > 0 and session_steps >= cfg.train.stop_after
+            )
+            if step % cfg.train.ckpt_every == 0 or step == plan.total_steps or stopped:
                 path = _save(state, step, loss)  # first save, then talk about it
                 if out.stop and path is not None:
                     log.warning("stopped by a signal at step %d: saved %s", step, path)

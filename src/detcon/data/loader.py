@@ -107,17 +107,16 @@ def build_dataset(cfg: Config) -> Dataset:
     (``data.repeat`` is applied by :class:`SeededItems`, not here)."""
     from detcon.data.builtin import build_pretrain_dataset
 
-    d = cfg.data
     return build_pretrain_dataset(
-        d.data,
+        cfg.data.data,
         cfg.masks.source,
-        d.image_size,
-        crop=d.crop,
-        photometric=d.photometric,
-        antialias=d.antialias,
+        cfg.data.image_size,
+        crop=cfg.data.crop,
+        photometric=cfg.data.photometric,
+        antialias=cfg.data.antialias,
         compute_missing=cfg.masks.compute_missing,
-        coco_json=d.coco_json or None,
-        class_tree=d.class_tree,
+        coco_json=cfg.data.coco_json or None,
+        class_tree=cfg.data.class_tree,
         seed=cfg.train.seed,
     )
 
@@ -131,17 +130,16 @@ def num_classes(dataset) -> int:
 def build_loader(dataset: Dataset, cfg: Config, plan: RunPlan, rank: int, device: torch.device):
     """(loader, sampler) of process ``rank`` for the run: micro-batches of
     ``plan.local_batch``, in the order of :class:`EpochSampler`."""
-    d = cfg.data
-    items = SeededItems(dataset, cfg.train.seed, d.repeat, num_masks=cfg.masks.num_masks)
+    items = SeededItems(dataset, cfg.train.seed, cfg.data.repeat, num_masks=cfg.masks.num_masks)
     sampler = EpochSampler(len(items), plan.world_size, rank, cfg.train.seed)
-    workers = d.num_workers
+    workers = cfg.data.num_workers
     loader = DataLoader(
         items,
         batch_size=plan.local_batch,
         sampler=sampler,
         num_workers=workers,
-        pin_memory=d.pin_memory and device.type == "cuda",
-        persistent_workers=d.persistent_workers and workers > 0,
+        pin_memory=cfg.data.pin_memory and device.type == "cuda",
+        persistent_workers=cfg.data.persistent_workers and workers > 0,
         drop_last=True,
         prefetch_factor=4 if workers > 0 else None,
     )
