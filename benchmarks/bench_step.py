@@ -51,14 +51,15 @@ def make_step(method: str, args, device: torch.device):
             f"model.proj_dim={args.proj_dim}",
             f"data.image_size={args.image_size}",
             f"data.batch_size={args.batch}",
-            f"masks.num_masks={args.num_masks}",
             f"train.precision={args.precision}",
             f"train.channels_last={args.channels_last}",
             f"model.padding={getattr(args, 'padding', 'same')}",
             f"train.compile={args.compile}",
             "train.probe=false",
             "train.steps=1000000",  # the schedules' position never reaches the end
-        ],
+        ]
+        # byol fixes its own masks (whole image, K = 1)
+        + ([f"masks.num_masks={args.num_masks}"] if method == "detcon_b" else []),
     )
     state = build_train_state(cfg, resolve(cfg, dataset_size=args.batch), device)
     for net in (state.online.net, state.target):  # heads on distinct (image, id) rows, or all
