@@ -5,6 +5,11 @@ fresh (same file size + mtime, same generator and params) are reused, so rerunni
 interruption only computes what is missing. Prints a summary at the end (also after Ctrl-C,
 exit status 130); the full list of skipped files goes to ``CACHE/skipped.txt``
 (``skipped_shard<K>.txt`` with ``--num-shards``).
+
+``--layout packed`` stores thousands of maps per part file with a merged index instead of one
+file per image (for ImageNet-sized folders; see docs/data.md). Parts are written atomically
+and resumed part by part; with ``--num-shards N`` shard ``I`` writes the parts ``j % N == I``
+and the last shard to finish merges the index (or run again with ``--merge``).
 """
 
 from __future__ import annotations
@@ -20,7 +25,19 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["add_parser", "run", "generate_masks", "MaskRunStats", "build_method", "write_skipped"]
+__all__ = [
+    "add_parser",
+    "run",
+    "generate_masks",
+    "generate_packed",
+    "MaskRunStats",
+    "build_method",
+    "write_skipped",
+    "AUTO_PACKED_MIN",
+]
+
+#: ``--layout auto`` packs folders with at least this many images (a new cache).
+AUTO_PACKED_MIN = 50_000
 
 _STATE: dict = {}  # per worker process: generator, cache
 
@@ -36,6 +53,8 @@ class MaskRunStats:
     segments: list[int] = field(default_factory=list)
     seconds: float = 0.0
     interrupted: bool = False
+    parts_written: int = 0  # packed layout: part files written / kept as they were
+    parts_kept: int = 0
 
     @property
     def done(self) -> int:
@@ -57,6 +76,8 @@ class MaskRunStats:
                 f"  (>256: {(seg > 256).sum()}, >65536: {(seg > 65536).sum()} images; "
                 "stored without truncation)"
             )
+        if self.parts_written or self.parts_kept:
+            lines.append(f"parts written: {self.parts_written}  kept: {self.parts_kept}")
         reasons = Counter(reason.split(":")[0] for _, reason in self.skipped)
         for path, reason in self.skipped[:20]:
             lines.append(f"  skipped {path}: {reason}")
@@ -119,40 +140,77 @@ def default_max_pixels(generator, workers: int) -> int:
 
 def _process(path: str) -> tuple[str, str, int | str]:
     """Compute or reuse one map. Returns ``(path, status, n_segments | reason)``."""
-    from detcon.data.decode import DecodeError, load_image
-
-    gen, cache = _STATE["generator"], _STATE["cache"]
+    cache = _STATE["cache"]
     cached = cache.get(path, dtype=None)
     if cached is not None:
         return path, "reused", int(cached.max(initial=0)) + 1
+    status, value = _make_map(path)
+    if status == "skipped":
+        return path, status, value
+    cache.put(path, value)
+    return path, "computed", int(value.max(initial=0)) + 1
+
+
+@dataclass
+class _PackedJob:
+    """What a worker needs to encode maps for a packed cache (picklable: no open files)."""
+
+    cache: object  # PackedMaskCache (keys)
+    codec: str
+    files: object = None  # the per-file cache of the same generator (converted entries)
+
+
+def _process_packed(path: str) -> tuple:
+    """Encode one image's map: ``(path, status, n_segments | reason, Record | None)``. A fresh
+    per-file entry of the same generator is converted instead of recomputed."""
+    from detcon.masks.cache import MaskCache
+    from detcon.masks.packed import encode_map
+
+    job: _PackedJob = _STATE["cache"]
+    if job.files is None:
+        job.files = MaskCache(job.cache.root, _STATE["generator"], job.cache.data_root)
+    try:
+        st = os.stat(path)
+    except OSError as err:
+        return path, "skipped", f"unreadable: {err.strerror}", None
+    labels, status = job.files.get(path, dtype=None), "reused"
+    if labels is None:
+        status, labels = _make_map(path)
+        if status == "skipped":
+            return path, status, labels, None
+        status = "computed"
+    rec = encode_map(job.cache.key(path), labels, st, job.codec)
+    return path, status, rec.segments, rec
+
+
+def _make_map(path: str) -> tuple[str, np.ndarray | str]:
+    """``("ok", labels)`` or ``("skipped", reason)`` for one image."""
+    from detcon.data.decode import DecodeError, load_image
+
+    gen = _STATE["generator"]
     limit = _STATE.get("max_pixels", 0)
     if limit and getattr(gen, "name", "") == "fh" and getattr(gen, "max_side", None) is None:
         pixels = _header_pixels(path)
         if pixels > limit:
-            return (
-                path,
-                "skipped",
-                (
-                    f"too large for this worker's memory: {pixels / 1e6:.1f} MP > --max-pixels "
-                    f"{limit / 1e6:.1f} MP (fewer --workers, a larger --max-pixels, or --max-side)"
-                ),
+            return "skipped", (
+                f"too large for this worker's memory: {pixels / 1e6:.1f} MP > --max-pixels "
+                f"{limit / 1e6:.1f} MP (fewer --workers, a larger --max-pixels, or --max-side)"
             )
     try:
         image = load_image(path)
         if getattr(gen, "name", "") == "coco":
             labels = gen.labels(path)
             if labels.shape != (image.height, image.width):
-                return path, "skipped", f"size mismatch: annotation {labels.shape} vs image"
+                return "skipped", f"size mismatch: annotation {labels.shape} vs image"
         else:
             labels = gen(np.asarray(image, dtype=np.uint8))
     except DecodeError as err:
-        return path, "skipped", "decode: " + str(err).split(": ", 1)[-1]
+        return "skipped", "decode: " + str(err).split(": ", 1)[-1]
     except KeyError as err:
-        return path, "skipped", f"not annotated: {err}"
+        return "skipped", f"not annotated: {err}"
     except (ValueError, RuntimeError, MemoryError) as err:
-        return path, "skipped", f"generator error: {type(err).__name__}: {err}"
-    cache.put(path, labels)
-    return path, "computed", int(labels.max(initial=0)) + 1
+        return "skipped", f"generator error: {type(err).__name__}: {err}"
+    return "ok", labels
 
 
 def generate_masks(
@@ -201,11 +259,69 @@ def generate_masks(
     return stats
 
 
-def _pool_results(files, generator, cache, workers: int, max_pixels: int):
+def generate_packed(
+    files, generator, cache, parts=None, part_size: int | None = None, workers: int = 1,
+    progress=True, skipped=(), max_pixels: int = 0, codec: str = "zlib",
+):  # fmt: skip
+    """Compute the maps of ``files`` (the whole sorted listing) into the packed ``cache``
+    (:class:`~detcon.masks.packed.PackedMaskCache`), part by part: part ``j`` holds images
+    ``j * part_size .. (j + 1) * part_size - 1``; ``parts``: the part numbers to do (default
+    all). Complete fresh parts are kept, others (re)written with their fresh entries copied.
+    Otherwise as :func:`generate_masks`; returns :class:`MaskRunStats` (``images``: the
+    images of ``parts``)."""
+    from tqdm import tqdm
+
+    from detcon.masks.packed import DEFAULT_PART_SIZE
+    from detcon.masks.packing import PartAssembler, num_parts, plan_parts
+
+    files = [str(f) for f in files]
+    part_size = part_size or DEFAULT_PART_SIZE
+    total = num_parts(len(files), part_size)
+    parts = range(total) if parts is None else [j for j in parts if j < total]
+    plans = plan_parts(cache, files, parts, part_size)
+    stats = MaskRunStats(images=sum(len(p.paths) for p in plans) + len(skipped))
+    stats.skipped = list(skipped)
+    for plan in plans:
+        stats.reused += len(plan.copy)
+        stats.segments += plan.reused_segments
+    todo = [p for plan in plans for p in plan.compute]
+    start = time.perf_counter()
+    bar = tqdm(total=len(todo), unit="img", disable=not progress, smoothing=0.1)
+    asm = PartAssembler(cache, plans, total)
+    job = _PackedJob(cache, codec)
+    try:
+        asm.write_ready()
+        if workers <= 1:
+            _init_worker(generator, job, max_pixels)
+            results = map(_process_packed, todo)
+        else:
+            results = _pool_results(todo, generator, job, workers, max_pixels, _process_packed)
+        for result in results:
+            path, status, value, rec = (*result, None)[:4]  # a dead worker's skip has no record
+            if status == "skipped":
+                stats.skipped.append((path, str(value)))
+            else:
+                setattr(stats, status, getattr(stats, status) + 1)
+                stats.segments.append(int(value))
+            asm.add(path, status, value, rec)
+            bar.update(1)
+    except KeyboardInterrupt:
+        stats.interrupted = True
+    finally:
+        asm.close()  # unfinished parts: temporary files removed
+        cache.reload()  # the index loaded before this run is out of date
+        bar.close()
+    stats.parts_written, stats.parts_kept = len(asm.written), len(asm.kept)
+    stats.seconds = time.perf_counter() - start
+    return stats
+
+
+def _pool_results(files, generator, cache, workers: int, max_pixels: int, fn=None):
     """``_process`` results of ``files`` from ``workers`` processes, at most ``4 * workers``
     in flight. A worker that dies (killed by the OS, e.g. out of memory) breaks the pool: the
     images that were in flight are retried one by one in a fresh single-process pool, and the
-    one that kills its process again is reported as skipped; then the run goes on."""
+    one that kills its process again is reported as skipped; then the run goes on.
+    ``fn``: the per-image function (default ``_process``)."""
     import multiprocessing as mp
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
     from concurrent.futures.process import BrokenProcessPool
@@ -215,13 +331,14 @@ def _pool_results(files, generator, cache, workers: int, max_pixels: int):
             n, mp.get_context(), _init_pool_worker, (generator, cache, max_pixels)
         )
 
+    fn = fn or _process
     todo, ex = list(reversed(files)), pool(workers)
     running: dict = {}
     try:
         while todo or running:
             while todo and len(running) < 4 * workers:
                 path = todo.pop()
-                running[ex.submit(_process, path)] = path
+                running[ex.submit(fn, path)] = path
             done, _ = wait(running, return_when=FIRST_COMPLETED)
             broken = []
             for fut in done:
@@ -238,7 +355,7 @@ def _pool_results(files, generator, cache, workers: int, max_pixels: int):
             for path in suspects:  # alone, so a second death names the image
                 with pool(1) as one:
                     try:
-                        yield one.submit(_process, path).result()
+                        yield one.submit(fn, path).result()
                     except BrokenProcessPool:
                         yield path, "skipped", "worker died (killed by the OS: out of memory?)"
             ex = pool(workers)
@@ -271,6 +388,8 @@ def run(args) -> int:
         raise SystemExit(
             f"error: need 0 <= --shard < --num-shards, got {args.shard}/{args.num_shards}"
         )
+    if args.part_size is not None and args.part_size < 1:
+        raise SystemExit(f"error: --part-size must be >= 1, got {args.part_size}")
     data = Path(args.data)
     scan_skipped: list[tuple[str, str]] = []
     try:
@@ -288,15 +407,56 @@ def run(args) -> int:
             )
         print(f"detcon masks: error: {no_images_error(data)}{odd}", file=sys.stderr)
         return 2  # before the cache is created: no empty cache folder is left behind
-    files = files[args.shard :: args.num_shards]  # shard = every num_shards-th file
     if args.shard:
         scan_skipped = []  # the scan's rejects are reported once, by shard 0
     generator = build_method(args)
+    layout, part_size = _choose_layout(args, generator, len(files))
+    if layout == "packed":
+        return _run_packed(args, data, files, scan_skipped, generator, part_size)
+    if args.merge:
+        raise SystemExit("error: --merge is for the packed layout (--layout packed)")
+    files = files[args.shard :: args.num_shards]  # shard = every num_shards-th file
     cache = MaskCache(args.out, generator, data_root=data)
     cache.write_info()
     stale = cache.remove_stale_temps()  # left by a killed run: never entries, never kept
     if stale:
         print(f"removed {stale} temporary file(s) of an interrupted run")
+    workers, max_pixels = _workers_and_limit(args, generator, len(files), cache.folder)
+    stats = generate_masks(
+        files, generator, cache, workers, progress=not args.quiet, skipped=scan_skipped,
+        max_pixels=max_pixels,
+    )  # fmt: skip
+    return _report(stats, cache.root, args)
+
+
+def _choose_layout(args, generator, num_files: int) -> tuple[str, int]:
+    """``(layout, part size)`` from ``--layout`` / ``--part-size`` and what the cache holds."""
+    import json
+
+    from detcon.masks.cache import cache_layout, generator_id
+    from detcon.masks.packed import DEFAULT_PART_SIZE
+
+    existing = cache_layout(args.out, generator)
+    layout = args.layout
+    if layout is None:
+        layout = existing or "files"
+    elif layout == "auto":
+        layout = existing or ("packed" if num_files >= AUTO_PACKED_MIN else "files")
+    elif layout == "files" and existing == "packed":
+        raise SystemExit(
+            f"error: {args.out} holds a packed cache of {generator.name} {generator.params}; "
+            "--layout files would write one file per image next to it (use another --out)"
+        )
+    part_size = args.part_size
+    info = Path(args.out) / "cache.json"
+    if part_size is None and info.is_file():  # the size recorded by the first run
+        spec = json.loads(info.read_text())
+        if spec.get("folder") == generator_id(generator.name, generator.params):
+            part_size = spec.get("part_size")
+    return layout, int(part_size or DEFAULT_PART_SIZE)
+
+
+def _workers_and_limit(args, generator, num_files: int, folder) -> tuple[int, int]:
     workers = args.workers if args.workers > 0 else (os.cpu_count() or 1)
     if args.max_pixels is None:
         max_pixels = default_max_pixels(generator, workers)
@@ -304,14 +464,58 @@ def run(args) -> int:
         max_pixels = int(args.max_pixels * 1e6)
     limit = f"; images up to {max_pixels / 1e6:.0f} MP" if max_pixels else ""
     print(
-        f"{len(files)} images in {data} (shard {args.shard}/{args.num_shards}); "
-        f"method {generator.name} {generator.params}; {workers} workers{limit} -> {cache.folder}"
+        f"{num_files} images in {args.data} (shard {args.shard}/{args.num_shards}); "
+        f"method {generator.name} {generator.params}; {workers} workers{limit} -> {folder}"
     )
-    stats = generate_masks(
-        files, generator, cache, workers, progress=not args.quiet, skipped=scan_skipped,
-        max_pixels=max_pixels,
-    )  # fmt: skip
-    listing = write_skipped(stats, cache.root, args.shard, args.num_shards)
+    return workers, max_pixels
+
+
+def _run_packed(args, data, files, scan_skipped, generator, part_size: int) -> int:
+    """``--layout packed``: this shard's parts (``j % num_shards == shard``), then the merge
+    once every part of the listing exists."""
+    from detcon.masks.packed import PackedMaskCache, merge_parts, part_files, read_manifest
+    from detcon.masks.packing import num_parts
+
+    cache = PackedMaskCache(args.out, generator, data_root=data)
+    total = num_parts(len(files), part_size)
+    if not args.merge:
+        cache.write_info(part_size, args.codec)
+        stale = cache.remove_stale_temps()  # unfinished parts of a killed run
+        if stale:
+            print(f"removed {stale} temporary file(s) of an interrupted run")
+        parts = list(range(args.shard, total, args.num_shards))
+        mine = sum(len(files[j * part_size : (j + 1) * part_size]) for j in parts)
+        workers, max_pixels = _workers_and_limit(args, generator, mine, cache.folder)
+        print(f"packed: {len(parts)} of {total} parts of {part_size} images")
+        stats = generate_packed(
+            files, generator, cache, parts, part_size, workers, progress=not args.quiet,
+            skipped=scan_skipped, max_pixels=max_pixels, codec=args.codec,
+        )  # fmt: skip
+        code = _report(stats, cache.root, args)
+        if code:
+            return code
+        current = read_manifest(cache.folder)
+        if not stats.parts_written and current and current["num_parts"] == total:
+            print(f"merged index up to date: {current['entries']} maps")
+            return 0
+    try:
+        manifest = merge_parts(cache.folder, total)
+    except FileNotFoundError as err:
+        print(f"not merged yet: {err} (the last shard to finish merges, or rerun with --merge)")
+        return 1 if args.merge else 0
+    orphans = [p for j, p in part_files(cache.folder).items() if j >= total]
+    for p in orphans:  # parts of a longer listing of this folder: not in the index
+        p.unlink(missing_ok=True)
+    extra = f"; removed {len(orphans)} part(s) of an older, longer listing" if orphans else ""
+    print(
+        f"merged index: {manifest['entries']} maps in {len(manifest['parts'])} parts -> "
+        f"{cache.folder / manifest['index']}{extra}"
+    )
+    return 0
+
+
+def _report(stats: MaskRunStats, root, args) -> int:
+    listing = write_skipped(stats, root, args.shard, args.num_shards)
     print(stats.summary())
     if listing is not None:
         print(f"full list of the {len(stats.skipped)} skipped files: {listing}")
@@ -368,6 +572,31 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "available memory allows per worker, ~160 MB per MP; 0: no limit)",
     )
     p.add_argument("--grid", type=int, default=4, help="grid side g for --method grid (g x g)")
+    p.add_argument(
+        "--layout",
+        choices=["files", "packed", "auto"],
+        default=None,
+        help="files: one .npz per image; packed: part files of --part-size maps and a merged "
+        f"index (for large folders); auto: packed from {AUTO_PACKED_MIN} images (default: the "
+        "layout the cache already has, else files)",
+    )
+    p.add_argument(
+        "--part-size",
+        type=int,
+        default=None,
+        help="packed: images per part file (default: what the cache records, else 4096)",
+    )
+    p.add_argument(
+        "--codec",
+        choices=["zlib", "raw"],
+        default="zlib",
+        help="packed: maps zlib-compressed (default; FH maps ~65x smaller) or raw",
+    )
+    p.add_argument(
+        "--merge",
+        action="store_true",
+        help="packed: only write the merged index over all shards' parts (no computing)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
     return p

@@ -127,7 +127,7 @@ def resolve_masks(masks: Any, data_root=None):
     With a cache, the generator is rebuilt from the cache's recorded params (fh/grid/whole) so
     a missing or stale entry is recomputed on the fly instead of failing.
     """
-    from detcon.masks.cache import MaskCache
+    from detcon.masks.cache import MaskCache, open_cache
     from detcon.masks.generators import build_generator
 
     if masks is None:
@@ -135,7 +135,7 @@ def resolve_masks(masks: Any, data_root=None):
     if isinstance(masks, MaskCache):
         cache = masks
     elif isinstance(masks, (str, os.PathLike)) and Path(masks).is_dir():
-        cache = MaskCache(masks, data_root=data_root)
+        cache = open_cache(masks, data_root=data_root)
     elif isinstance(masks, os.PathLike) or (isinstance(masks, str) and _path_like(masks)):
         raise _unknown_masks(masks)
     elif isinstance(masks, str):

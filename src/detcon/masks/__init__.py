@@ -7,7 +7,7 @@ stays cheap.
 
 from __future__ import annotations
 
-from detcon.masks.cache import MaskCache
+from detcon.masks.cache import MaskCache, open_cache
 from detcon.masks.coco import CocoMasks
 from detcon.masks.generators import (
     CallableGenerator,
@@ -17,6 +17,7 @@ from detcon.masks.generators import (
     WholeImageGenerator,
     build_generator,
 )
+from detcon.masks.packed import CorruptCacheError, PackedMaskCache
 from detcon.masks.sampling import (
     downsample_masks,
     sample_mask_ids,
@@ -32,5 +33,8 @@ __all__ = [
     "CallableGenerator",
     "build_generator",
     "MaskCache",
+    "open_cache",
+    "PackedMaskCache",
+    "CorruptCacheError",
     "CocoMasks",
 ]

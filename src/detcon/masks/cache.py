@@ -16,6 +16,10 @@ the manifest (no separate index can go out of sync); :meth:`MaskCache.entries` l
 
 An entry is *stale* (``get`` returns ``None``) when the image file's size or mtime changed,
 or when the generator or its params differ (they live in a different folder).
+
+For folders of hundreds of thousands of images, the packed layout
+(:class:`detcon.masks.packed.PackedMaskCache`, ``detcon masks --layout packed``) stores
+thousands of maps per file in the same generator folder. :func:`open_cache` opens either.
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ import numpy as np
 
 from detcon.fileio import atomic_write
 
-__all__ = ["MaskCache", "storage_dtype", "generator_id"]
+__all__ = ["MaskCache", "open_cache", "cache_layout", "storage_dtype", "generator_id"]
 
 _INT32_MAX = np.iinfo(np.int32).max
 
@@ -60,6 +64,36 @@ def _atomic_write_bytes(path: Path, data: bytes) -> None:
         f.write(data)
 
 
+def cache_layout(root: str | os.PathLike, generator: Any = None) -> str | None:
+    """``"packed"`` or ``"files"``: the layout of a generator's maps in the cache ``root``
+    (``generator=None``: the default recorded in ``cache.json``), by what its folder holds;
+    for an empty folder, the layout ``cache.json`` records for it; ``None`` when unknown."""
+    from detcon.masks.packed import has_parts
+
+    cache = MaskCache(root, generator)
+    if has_parts(cache.folder):
+        return "packed"
+    if cache.folder.is_dir() and any(p.is_dir() for p in cache.folder.iterdir()):
+        return "files"
+    info = cache.root / "cache.json"
+    if info.is_file():
+        spec = json.loads(info.read_text())
+        if spec.get("folder") == cache.folder.name:
+            return spec.get("layout", "files")
+    return None
+
+
+def open_cache(root: str | os.PathLike, generator: Any = None, data_root=None) -> MaskCache:
+    """The reader of a mask cache folder, whichever its layout: a :class:`MaskCache`
+    (one file per image) or a :class:`~detcon.masks.packed.PackedMaskCache` (a subclass with
+    the same ``get`` / ``path`` / ``entries`` API). Arguments as for :class:`MaskCache`."""
+    if cache_layout(root, generator) == "packed":
+        from detcon.masks.packed import PackedMaskCache
+
+        return PackedMaskCache(root, generator, data_root)
+    return MaskCache(root, generator, data_root)
+
+
 class MaskCache:
     """Region maps keyed by (image, generator name, generator params).
 
@@ -70,6 +104,8 @@ class MaskCache:
         data_root: image paths are keyed relative to this folder (so the data folder can be
             moved); ``None`` keys by absolute resolved path.
     """
+
+    layout = "files"
 
     def __init__(self, root: str | os.PathLike, generator: Any = None, data_root=None):
         self.root = Path(root)
@@ -110,13 +146,14 @@ class MaskCache:
         info = {"name": self.name, "params": self.params, "folder": self.folder.name}
         if self.data_root is not None:
             info["data_root"] = str(self.data_root)
+        info["layout"] = "files"
         _atomic_write_bytes(self.root / "cache.json", json.dumps(info, indent=1).encode())
 
     # -- read / write -------------------------------------------------------------------
     @staticmethod
     def _read(entry: Path) -> tuple[np.ndarray, dict] | None:
-        try:
-            with np.load(entry, allow_pickle=False) as z:
+        try:  # our own handle: np.load leaks its own when the zip is unreadable
+            with open(entry, "rb") as fh, np.load(fh, allow_pickle=False) as z:
                 return z["labels"], json.loads(str(z["meta"]))
         except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
             return None  # unreadable entry (e.g. disk full earlier): treated as missing
