@@ -12,6 +12,15 @@ plain pipeline always uses torchvision's. Usage::
 
     python benchmarks/bench_pipeline.py [--json FILE] [--rounds 3] [--max-images 24]
         [--photometric official] [--antialias]
+
+``--device-mode`` compares instead, on the photographs bundled with scikit-image
+(:func:`detcon.data.builtin.builtin_images`), today's full per-image pipeline (official
+colour ops in the worker) against the worker side of ``augment_on="device"`` (decode, crop,
+flip, resize; uint8 views + drawn parameters), alternating A B / B A per round, and reports
+median images/s per core (one process, one thread) and their ratio; then the device side
+(:func:`detcon.data.device_augment.augment_on_device`) on the CPU at ``--device-batch`` items::
+
+    python benchmarks/bench_pipeline.py --device-mode [--rounds 7] [--device-batch 64]
 """
 
 from __future__ import annotations
@@ -52,6 +61,89 @@ def plain_byol_pipeline(size: int = 224):
     return lambda image: (view_a(image), view_b(image))
 
 
+def device_mode_benchmark(files, cache, args) -> dict:
+    """Worker side of the modes (A: host, B: device, C: device + JPEG draft) and the device side
+    on the CPU. Each arm decodes the file, reads its cached map and runs the transform, the
+    work of ``ImageListDataset.__getitem__`` (C through ``TwoViewTransform.from_file``)."""
+    import statistics
+
+    from detcon.data.datasets import collate
+    from detcon.data.decode import load_image
+    from detcon.data.device_augment import augment_on_device
+    from detcon.data.transforms import TwoViewTransform
+
+    kw = dict(photometric="official", antialias=args.antialias)
+    host = TwoViewTransform(args.image_size, **kw)
+    dev = TwoViewTransform(args.image_size, augment_on="device", **kw)
+    maps = {f: cache.get(f, dtype=None) for f in files}
+    arms = {
+        "full per-image pipeline (host)": lambda f: host(load_image(f), maps[f]),
+        "worker side of augment_on=device": lambda f: dev(load_image(f), maps[f]),
+    }
+    if not args.antialias:  # JPEG draft needs the official (non-antialiased) resize
+        draft = TwoViewTransform(args.image_size, augment_on="device", jpeg_draft=True, **kw)
+        arms["device worker + jpeg_draft"] = lambda f: draft.from_file(f, maps[f])
+    names = list(arms)
+    rates = {name: [] for name in names}
+    torch.manual_seed(0)
+    for r in range(args.rounds + 1):  # round 0 warms up
+        for name in names if r % 2 == 0 else names[::-1]:  # A B C, then C B A
+            start = time.perf_counter()
+            for f in files:
+                arms[name](f)
+            if r > 0:
+                rates[name].append(len(files) / (time.perf_counter() - start))
+        if r > 0:
+            print(f"  round {r}/{args.rounds}: " + ", ".join(
+                f"{n} {rates[n][-1]:.1f} img/s" for n in names))  # fmt: skip
+    base = rates[names[0]]
+    worker = {
+        "rates": rates,
+        "median_images_per_s": {n: statistics.median(v) for n, v in rates.items()},
+        "median_of_round_ratios": {
+            n: statistics.median(b / a for a, b in zip(base, rates[n], strict=True))
+            for n in names[1:]
+        },
+    }
+    if not args.antialias:  # what draft decoding changes: same seeds, device-mode uint8 views
+        diffs, used = [], 0
+        for f in files:
+            for seed in range(args.draft_seeds):
+                g1, g2 = (torch.Generator().manual_seed(seed) for _ in range(2))
+                a = dev(load_image(f), maps[f], g1)
+                windows = draft.windows(*maps[f].shape, torch.Generator().manual_seed(seed))
+                b = draft.from_file(f, maps[f], g2)
+                if str(f).lower().endswith((".jpg", ".jpeg")) and draft.draft_scale(windows) > 1:
+                    used += 2
+                    for v in ("view_a", "view_b"):
+                        diffs.append((a[v].float() - b[v].float()).abs().mean().item())
+                assert all(torch.equal(a[m], b[m]) for m in ("mask_a", "mask_b"))
+        worker["draft"] = {
+            "views_decoded_reduced": used,
+            "views_total": 2 * args.draft_seeds * len(files),
+            "mean_abs_diff_0_255": statistics.fmean(diffs) if diffs else None,
+            "max_view_mean_abs_diff_0_255": max(diffs) if diffs else None,
+        }
+    # device side on the CPU: one collated batch of device-mode items
+    chosen = (files * args.device_batch)[: args.device_batch]
+    batch = collate([dev(load_image(f), maps[f]) for f in chosen])
+    times = []
+    for r in range(args.rounds + 1):
+        start = time.perf_counter()
+        augment_on_device(batch, "cpu")
+        if r > 0:
+            times.append(time.perf_counter() - start)
+    t = statistics.median(times)
+    device_side = {
+        "batch": args.device_batch,
+        "image_size": args.image_size,
+        "median_batch_ms": t * 1e3,
+        "ms_per_item": t * 1e3 / args.device_batch,  # an item is two views
+        "ms_per_view": t * 1e3 / args.device_batch / 2,
+    }
+    return {"worker": worker, "device_side_cpu": device_side}
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", help="write results to this JSON file")
@@ -69,6 +161,13 @@ def main(argv=None) -> int:
         action="store_true",
         help="torch's antialiased uint8 resize (a deviation) instead of the official TF bicubic",
     )
+    parser.add_argument(
+        "--device-mode",
+        action="store_true",
+        help="host pipeline vs the worker side of augment_on=device (bundled photographs)",
+    )
+    parser.add_argument("--device-batch", type=int, default=64)
+    parser.add_argument("--draft-seeds", type=int, default=8, help="draws per photo for the diff")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
 
@@ -79,7 +178,12 @@ def main(argv=None) -> int:
     from detcon.masks.cache import MaskCache
     from detcon.masks.generators import FHGenerator
 
-    files = benchmark_images(args.max_images)
+    if args.device_mode:
+        from detcon.data.builtin import builtin_images
+
+        files = builtin_images()[: args.max_images]
+    else:
+        files = benchmark_images(args.max_images)
     tmp = Path(tempfile.mkdtemp(prefix="bench_pipeline_"))
     try:
         gen = FHGenerator()  # official full-resolution masks, computed once (not timed)
@@ -87,6 +191,8 @@ def main(argv=None) -> int:
         cache.write_info()
         print(f"caching FH masks of {len(files)} photographs ...")
         generate_masks(files, gen, cache, workers=os.cpu_count() or 1, progress=False)
+        if args.device_mode:
+            return _report_device_mode(device_mode_benchmark(files, cache, args), files, args)
         transform = TwoViewTransform(
             args.image_size, photometric=args.photometric, antialias=args.antialias
         )
@@ -139,6 +245,35 @@ def main(argv=None) -> int:
             "rows": rows,
         }
         Path(args.json).write_text(json.dumps(out, indent=1))
+        print(f"wrote {args.json}")
+    return 0
+
+
+def _report_device_mode(res: dict, files, args) -> int:
+    w, d = res["worker"], res["device_side_cpu"]
+    print(
+        f"{len(files)} bundled photographs, views {args.image_size}px, 1 process, 1 thread, "
+        f"antialias={args.antialias}, medians of {args.rounds} rounds; {machine()}"
+    )
+    for name, rate in w["median_images_per_s"].items():
+        print(f"  {name:<36} {rate:>8.2f} img/s/core")
+    for name, ratio in w["median_of_round_ratios"].items():
+        print(f"  {name}: {ratio:.2f}x the full pipeline (median of per-round ratios)")
+    if "draft" in w:
+        d0 = w["draft"]
+        print(
+            f"  jpeg_draft: {d0['views_decoded_reduced']}/{d0['views_total']} views from a reduced "
+            f"decode; their mean |difference| {d0['mean_abs_diff_0_255']} (0..255), masks equal"
+        )
+    print(
+        f"  device side on the CPU, batch {d['batch']}: {d['ms_per_item']:.2f} ms per item "
+        f"(two views), {d['ms_per_view']:.2f} ms per view"
+    )
+    if args.json:
+        from detcon.fileio import atomic_write
+
+        with atomic_write(args.json, "w") as f:
+            json.dump({"machine": machine(), "antialias": args.antialias, **res}, f, indent=1)
         print(f"wrote {args.json}")
     return 0
 

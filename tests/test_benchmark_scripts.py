@@ -1,4 +1,4 @@
-"""The step benchmarks run end to end on CPU at a toy size and write their JSON (their numbers
+"""The step benchmark runs end to end on CPU at a toy size and writes its JSON (its numbers
 are not checked here: speed targets live in benchmarks/, never in timed tests)."""
 
 import json
@@ -8,10 +8,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
 
 import bench_step  # noqa: E402
-import gpu_benchmark  # noqa: E402
 
 
-def test_bench_step_and_gpu_benchmark_run_on_cpu(tmp_path):
+def test_bench_step_runs_on_cpu(tmp_path):
     out = tmp_path / "step.json"
     res = bench_step.main(
         ["--backbone", "resnet18", "--image-size", "64", "--batch", "2", "--proj-hidden", "64",
@@ -19,10 +18,3 @@ def test_bench_step_and_gpu_benchmark_run_on_cpu(tmp_path):
     )  # fmt: skip
     assert json.loads(out.read_text())["flop_ratio"] == res["flop_ratio"] > 1.0
     assert res["detcon_b_s"] > 0 and res["cpu_ratio"] > 0
-
-    out = tmp_path / "gpu.json"
-    gpu_benchmark.main(
-        ["--device", "cpu", "--tiny", "--warmup", "0", "--steps", "1", "--json", str(out)]
-    )
-    saved = json.loads(out.read_text())
-    assert saved["device"] == "cpu" and saved["backbone"] == "resnet18"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -156,3 +157,17 @@ def test_compiled_networks_train_save_and_resume(tmp_path, monkeypatch):
     assert not any("_orig_mod" in k for k in ckpt["target"])
     cfg = tiny_cfg(tmp_path, "train.steps=3", "train.compile=true", "train.resume=auto")
     assert train(cfg)["step"] == 3
+
+
+def test_device_side_augmentation_trains(tmp_path):
+    """data.augment_on=device: the loader hands uint8 views plus the drawn colour parameters
+    and the train step applies the colour ops batched; the run trains and its first batch's
+    views are normalised floats like the host path's."""
+    from detcon.data.device_augment import is_device_batch
+    from detcon.data.loader import build_dataset
+
+    cfg = tiny_cfg(tmp_path, "data.data=builtin", "data.augment_on=device", "train.steps=2")
+    item = build_dataset(cfg)[0]
+    assert is_device_batch(item) and item["view_a"].dtype == torch.uint8
+    out = train(cfg)
+    assert out["step"] == 2 and math.isfinite(out["loss"])

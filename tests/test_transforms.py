@@ -116,3 +116,86 @@ def test_blur_kernel_scales_with_image_size():
         return ops[2].transforms[0].kernel_size
 
     assert kernel(224) == (23, 23) and kernel(64) == (7, 7) and kernel(16) == (1, 1)
+
+
+@pytest.mark.parametrize("shape", [(3, 420, 350), (3, 301, 999), (1, 700, 180)])
+def test_large_crop_gather_resize_equals_dense_matrices(shape):
+    """Crops above the size threshold take the 4-tap gather path: same weights as the banded
+    matrices (checked against the slow reference in test_resize.py), so the same output."""
+    from detcon.data.transforms import _GATHER_ABOVE_PIXELS, _keys_matrix, resize_bicubic_tf
+
+    assert shape[1] * shape[2] > _GATHER_ABOVE_PIXELS
+    x = torch.randint(0, 256, shape, generator=torch.Generator().manual_seed(0)).to(torch.uint8)
+    for size in (224, 57):
+        mh, mw = (_keys_matrix(n, size).double() for n in shape[1:])
+        dense = mh @ x.double() @ mw.T
+        got = resize_bicubic_tf(x, size)
+        assert got.dtype == torch.float32 and got.shape == (shape[0], size, size)
+        assert torch.allclose(got.double(), dense, atol=2e-4), (got - dense).abs().max()
+
+
+def test_window_taps_at_full_resolution_are_the_crop_taps():
+    from detcon.data.transforms import _keys_taps, window_taps
+
+    for n_in, top, h, size in [(100, 0, 100, 224), (300, 37, 180, 64), (50, 10, 13, 7)]:
+        index, weight = window_taps(n_in, top, h, size, 1.0)
+        ref_index, ref_weight = _keys_taps(h, size)
+        live = ref_weight != 0  # clamped duplicate taps carry no weight in either
+        assert torch.equal((index - top)[live], ref_index[live])
+        assert torch.allclose(weight, ref_weight, atol=1e-6)
+
+
+def _jpeg_with_edges(path, h=960, w=1280):
+    """A smooth JPEG with sharp vertical edges every 160 px; mask id = column band."""
+    y, x = np.mgrid[0:h, 0:w]
+    img = np.zeros((h, w, 3), dtype=np.uint8)
+    img[..., 0] = np.where((x // 160) % 2 == 0, 230, 20)
+    img[..., 1] = np.round(y * 255 / (h - 1))
+    img[..., 2] = 128
+    Image.fromarray(img).save(path, quality=95)
+    return (x // 160).astype(np.int64)
+
+
+def test_jpeg_draft_keeps_geometry_and_masks(tmp_path):
+    from detcon.data.decode import load_image, load_image_draft
+
+    path = tmp_path / "edges.jpg"
+    mask = _jpeg_with_edges(path)
+    assert load_image_draft(path, 4)[1] == 4 and load_image_draft(path, 4)[0].size == (320, 240)
+    kw = dict(image_size=48, photometric="none", normalize=False, scale=(0.3, 1.0))
+    full, draft = TwoViewTransform(**kw), TwoViewTransform(**kw, jpeg_draft=True)
+    reduced = 0
+    for seed in range(6):
+        g = torch.Generator().manual_seed(seed)
+        windows = draft.windows(960, 1280, torch.Generator().manual_seed(seed))
+        reduced += draft.draft_scale(windows) > 1
+        a = full(load_image(path), mask, g)
+        b = draft.from_file(path, mask, torch.Generator().manual_seed(seed))
+        for v, m in (("view_a", "mask_a"), ("view_b", "mask_b")):
+            assert torch.equal(a[m], b[m])  # masks: full resolution, same windows
+            diff = (a[v] - b[v]).abs() * 255
+            assert diff.mean() < 3.0, (seed, v, diff.mean())  # smoother, same place
+            # red is high exactly on the even bands of the mask: the edges did not move
+            red = b[v][0] * 255
+            even = (a[m] % 2 == 0).float()
+            assert (red > 125).float().eq(even).float().mean() > 0.9
+    assert reduced >= 3  # the crops were large enough to decode reduced in most draws
+
+
+def test_from_file_without_draft_or_on_png_is_the_ordinary_path(tmp_path):
+    from detcon.data.decode import load_image
+
+    image, mask = _coordinate_pair()
+    path = tmp_path / "c.png"
+    image.save(path)
+    for t in (TwoViewTransform(16), TwoViewTransform(16, jpeg_draft=True)):
+        a = t(load_image(path), mask, torch.Generator().manual_seed(1))
+        b = t.from_file(path, mask, torch.Generator().manual_seed(1))
+        assert all(torch.equal(a[k], b[k]) for k in a)
+    dev = TwoViewTransform(16, jpeg_draft=True, augment_on="device")
+    item = dev.from_file(path, mask, torch.Generator().manual_seed(1))
+    assert item["view_a"].dtype == torch.uint8 and "photo_b" in item
+    with pytest.raises(ValueError, match="antialias"):
+        TwoViewTransform(16, jpeg_draft=True, antialias=True)
+    with pytest.raises(ValueError, match="mask shape"):
+        TwoViewTransform(16, jpeg_draft=True).from_file(path, mask[:-1], None)

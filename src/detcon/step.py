@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -21,6 +22,7 @@ from torch import nn
 
 from detcon import distributed as dist
 from detcon.config import WHOLE_IMAGE_METHODS, Config, RunPlan
+from detcon.data.device_augment import augment_on_device, is_device_batch
 from detcon.losses import byol_loss, detcon_loss
 from detcon.masks import downsample_masks, sample_mask_ids
 from detcon.model import DetConNet, build_backbone, ema_update_, make_target
@@ -54,7 +56,7 @@ class OnlineModel(nn.Module):
     def __init__(self, net: DetConNet, num_classes: int = 0):
         super().__init__()
         self.net = net
-        channels = net.backbone.out_channels
+        channels = cast(int, net.backbone.out_channels)  # DetConNet checked: a positive int
         self.probe = nn.Linear(channels, num_classes) if num_classes > 0 else None
 
     def forward(self, view_a, cells_a, ids_a, view_b, cells_b, ids_b):
@@ -85,7 +87,8 @@ def build_models(cfg: Config, device: torch.device, num_classes: int = 0):
     if cfg.model.init_from:  # existing weights for the online network (and so for the target)
         init_from_(net, cfg.model.init_from, strict=cfg.model.init_strict)
     if dist.is_dist():  # BN statistics over the global batch, as the official cross-replica BN
-        net = dist.convert_sync_batchnorm(net, device)
+        # the top module is not a norm, so it comes back as it is (its norms replaced)
+        net = cast(DetConNet, dist.convert_sync_batchnorm(net, device))
     net = net.to(device)
     if cfg.train.channels_last:
         net = net.to(memory_format=torch.channels_last)
@@ -177,7 +180,7 @@ def build_train_state(
         ids = [device.index] if device.type == "cuda" else None
         model = torch.nn.parallel.DistributedDataParallel(online, device_ids=ids)
     if cfg.train.compile:
-        model = torch.compile(model)
+        model = cast(nn.Module, torch.compile(model))  # a Module in, an OptimizedModule out
         target = torch.compile(target) if target is not None else None
     return TrainState(
         cfg=cfg,
@@ -268,13 +271,25 @@ def _with_probe(method_loss, logits, labels):
     return loss, method_loss.detach(), acc
 
 
-def to_device(batch: dict, device: torch.device, channels_last: bool):
-    """A collated batch -> ``(views, masks, labels | None, mask uniforms | None)`` on ``device``."""
+def to_device(
+    batch: dict, device: torch.device, channels_last: bool
+) -> tuple[
+    tuple[torch.Tensor, torch.Tensor],
+    tuple[torch.Tensor, torch.Tensor],
+    torch.Tensor | None,
+    torch.Tensor | None,
+]:
+    """A collated batch -> ``(views, masks, labels | None, mask uniforms | None)`` on ``device``.
+    A batch of ``data.augment_on=device`` (uint8 views plus the colour parameters drawn in the
+    workers) gets its colour ops, blur, solarize and normalisation here, batched on ``device``."""
+    if is_device_batch(batch):
+        batch = augment_on_device(batch, device, channels_last=channels_last)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
-    views = tuple(
+    view_a, view_b = (
         batch[k].to(device, non_blocking=True).to(memory_format=fmt) for k in ("view_a", "view_b")
     )
-    masks = tuple(batch[k].to(device, non_blocking=True) for k in ("mask_a", "mask_b"))
+    mask_a, mask_b = (batch[k].to(device, non_blocking=True) for k in ("mask_a", "mask_b"))
+    views, masks = (view_a, view_b), (mask_a, mask_b)
     labels = batch["label"].to(device, non_blocking=True) if "label" in batch else None
     uniforms = batch["mask_u"].to(device, non_blocking=True) if "mask_u" in batch else None
     return views, masks, labels, uniforms
@@ -330,7 +345,9 @@ def train_step(
         cells, ids = prepare_masks(*masks, cfg.masks.num_masks, (side, side), gen, u, whole)
         last = micro == t.grad_accum - 1
         no_sync = dist.is_dist() and not last  # DDP all-reduces on the last micro-batch only
-        with state.model.no_sync() if no_sync else nullcontext():
+        # no_sync: state.model is DDP here (torch.compile's wrapper forwards the attribute)
+        ddp = cast(nn.parallel.DistributedDataParallel, state.model)
+        with ddp.no_sync() if no_sync else nullcontext():
             with autocast_for(cfg, device):
                 loss, method_loss, acc = forward_loss(
                     state.model, state.target, views, cells, ids, cfg, labels

@@ -63,6 +63,7 @@ def build_pretrain_dataset(
     synthetic_size: int = 64,
     seed: int = 0,
     compute_missing: bool = True,
+    augment_on: str = "host",
     **transform_kwargs,
 ):
     """Build the pretraining dataset named by ``data`` with region maps named by ``masks``.
@@ -80,12 +81,16 @@ def build_pretrain_dataset(
         repeat: repeat the file list per epoch (tiny datasets such as builtin).
         compute_missing: with a cache folder, compute the maps of images without an entry
             on the fly (True) or refuse up front (False; see ``ImageListDataset``).
+        augment_on: ``"host"`` (colour ops in the loader workers) or ``"device"``: items carry
+            uint8 views and their drawn colour parameters ``photo_a`` / ``photo_b``; the train
+            step applies them with :func:`detcon.data.device_augment.augment_on_device`.
         transform_kwargs: more :class:`TwoViewTransform` arguments, e.g. ``photometric=
-            "official"`` (dm_pix colour semantics) or ``"torchvision"`` (the current default).
+            "official"`` (dm_pix colour semantics, the default) or ``"torchvision"``.
 
-    Returns a ``torch.utils.data.Dataset`` of dicts ``view_a, view_b, mask_a, mask_b, index``.
+    Returns a ``torch.utils.data.Dataset`` of dicts ``view_a, view_b, mask_a, mask_b, index``
+    (plus ``photo_a, photo_b`` with ``augment_on="device"``).
     """
-    transform = TwoViewTransform(image_size, crop=crop, **transform_kwargs)
+    transform = TwoViewTransform(image_size, crop=crop, augment_on=augment_on, **transform_kwargs)
     data_s = str(data)
     if data_s == "builtin":
         return BuiltinDataset(masks, transform, repeat=repeat, compute_missing=compute_missing)

@@ -118,6 +118,7 @@ def build_dataset(cfg: Config) -> Dataset:
         coco_json=cfg.data.coco_json or None,
         class_tree=cfg.data.class_tree,
         seed=cfg.train.seed,
+        augment_on=cfg.data.augment_on,
     )
 
 

@@ -21,6 +21,29 @@ calls dm_pix (docs/official.md §3), on one float32 image ``[3, H, W]`` in [0, 1
 Coins use ``u < p`` (dm_pix ``u <= p``; they differ only when u == p exactly). Every call draws
 the same numbers (9 uniforms and one permutation of 4) whatever branches are taken, from
 ``generator`` or torch's global RNG.
+
+Drawing and applying are separate (:meth:`OfficialPhotometric.draw`,
+:meth:`OfficialPhotometric.apply`): the draws of one view are a float32 vector of
+:data:`NUM_PARAMS` numbers, so a loader worker can draw them and a batched implementation on
+the training device (:mod:`detcon.data.device_augment`) can apply them. Layout (``PARAM_*``
+indices):
+
+====== ================= ==========================================================
+index  name              value
+====== ================= ==========================================================
+0-3    ``PARAM_APPLY``   1.0 where brightness / contrast / saturation / hue runs (the
+                         jitter coin came up and the op's strength is > 0), else 0.0
+4      ``PARAM_BRIGHT``  brightness delta
+5      ``PARAM_CONTRAST`` contrast factor
+6      ``PARAM_SAT``     saturation factor
+7      ``PARAM_HUE``     hue delta (turns)
+8-11   ``PARAM_ORDER``   the jitter order: entry j is the op (0 brightness, 1 contrast,
+                         2 saturation, 3 hue) applied j-th
+12     ``PARAM_GRAY``    1.0 = grayscale
+13     ``PARAM_BLUR``    1.0 = blur
+14     ``PARAM_SIGMA``   blur sigma
+15     ``PARAM_SOLARIZE`` 1.0 = solarize (threshold 0.5)
+====== ================= ==========================================================
 """
 
 from __future__ import annotations
@@ -40,9 +63,27 @@ __all__ = [
     "gaussian_blur",
     "solarize",
     "OfficialPhotometric",
+    "NUM_PARAMS",
+    "PARAM_APPLY",
+    "PARAM_BRIGHT",
+    "PARAM_CONTRAST",
+    "PARAM_SAT",
+    "PARAM_HUE",
+    "PARAM_ORDER",
+    "PARAM_GRAY",
+    "PARAM_BLUR",
+    "PARAM_SIGMA",
+    "PARAM_SOLARIZE",
 ]
 
 LUMA = (0.2989, 0.5870, 0.1140)  # rec601, dm_pix / TensorFlow grayscale weights
+
+# Layout of one view's drawn parameters (see the module docstring).
+PARAM_APPLY = slice(0, 4)  # per jitter op: 1.0 = runs
+PARAM_BRIGHT, PARAM_CONTRAST, PARAM_SAT, PARAM_HUE = 4, 5, 6, 7  # the four op values
+PARAM_ORDER = slice(8, 12)  # op applied at position j (0..3)
+PARAM_GRAY, PARAM_BLUR, PARAM_SIGMA, PARAM_SOLARIZE = 12, 13, 14, 15
+NUM_PARAMS = 16
 
 
 def adjust_brightness(x: torch.Tensor, delta: float) -> torch.Tensor:
@@ -164,31 +205,53 @@ class OfficialPhotometric:
         self.strength = (brightness, contrast, saturation, hue)
         self.sigma, self.blur_divider = sigma, blur_divider
 
-    def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        if x.dim() != 3 or x.shape[0] != 3 or not x.is_floating_point():
-            raise ValueError(f"expected a float [3, H, W] image, got {x.dtype} {tuple(x.shape)}")
+    def draw(self, generator: torch.Generator | None = None) -> torch.Tensor:
+        """This view's random parameters: float32 ``[NUM_PARAMS]`` (layout in the module
+        docstring). Always draws 9 uniforms, then one permutation of 4, from ``generator`` (or
+        torch's global RNG), whatever branches are taken."""
         u = torch.rand(9, generator=generator).tolist()
         order = torch.randperm(4, generator=generator).tolist()
         b, c, s, h = self.strength
-        params = (
-            -b + 2 * b * u[2],  # brightness delta ~ U[-b, b)
-            1 - c + 2 * c * u[3],  # contrast factor ~ U[1-c, 1+c)
-            1 - s + 2 * s * u[4],  # saturation factor ~ U[1-s, 1+s)
-            -h + 2 * h * u[5],  # hue delta ~ U[-h, h)
-        )
+        jitter = u[0] < self.jitter_p
+        p = [0.0] * NUM_PARAMS
+        p[PARAM_APPLY] = [float(jitter and v > 0) for v in self.strength]
+        p[PARAM_BRIGHT] = -b + 2 * b * u[2]  # brightness delta ~ U[-b, b)
+        p[PARAM_CONTRAST] = 1 - c + 2 * c * u[3]  # contrast factor ~ U[1-c, 1+c)
+        p[PARAM_SAT] = 1 - s + 2 * s * u[4]  # saturation factor ~ U[1-s, 1+s)
+        p[PARAM_HUE] = -h + 2 * h * u[5]  # hue delta ~ U[-h, h)
+        p[PARAM_ORDER] = [float(i) for i in order]
+        p[PARAM_GRAY] = float(u[1] < self.gray_p)
+        p[PARAM_BLUR] = float(u[6] < self.blur_p)
+        p[PARAM_SIGMA] = self.sigma[0] + (self.sigma[1] - self.sigma[0]) * u[7]
+        p[PARAM_SOLARIZE] = float(u[8] < self.solarize_p)
+        return torch.tensor(p, dtype=torch.float32)
+
+    def apply(self, x: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
+        """Apply drawn ``params`` (from :meth:`draw`) to a float ``[3, H, W]`` image in [0, 1]:
+        a new tensor in [0, 1] (the input is never modified)."""
+        if x.dim() != 3 or x.shape[0] != 3 or not x.is_floating_point():
+            raise ValueError(f"expected a float [3, H, W] image, got {x.dtype} {tuple(x.shape)}")
+        if params.shape != (NUM_PARAMS,):
+            raise ValueError(f"expected [{NUM_PARAMS}] parameters, got {tuple(params.shape)}")
+        p = params.tolist()
         ops = (adjust_brightness, adjust_contrast, adjust_saturation, adjust_hue)
-        if u[0] < self.jitter_p:
-            for i in order:
-                if self.strength[i] > 0:
-                    x = ops[i](x, params[i]).clamp_(0.0, 1.0)
-        if u[1] < self.gray_p:
+        values = p[PARAM_BRIGHT : PARAM_HUE + 1]
+        apply = p[PARAM_APPLY]
+        for i in (int(v) for v in p[PARAM_ORDER]):
+            if apply[i]:
+                x = ops[i](x, values[i]).clamp_(0.0, 1.0)
+        if p[PARAM_GRAY]:
             x = to_grayscale(x).clamp_(0.0, 1.0)
-        if u[6] < self.blur_p:
-            sigma = self.sigma[0] + (self.sigma[1] - self.sigma[0]) * u[7]
-            x = gaussian_blur(x, sigma, x.shape[-2] / self.blur_divider)
-        if u[8] < self.solarize_p:
+        if p[PARAM_BLUR]:
+            x = gaussian_blur(x, p[PARAM_SIGMA], x.shape[-2] / self.blur_divider)
+        if p[PARAM_SOLARIZE]:
             x = solarize(x, 0.5)
-        return x.clamp(0.0, 1.0)  # a new tensor: the input is never modified
+        return x.clamp(0.0, 1.0)
+
+    def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        if x.dim() != 3 or x.shape[0] != 3 or not x.is_floating_point():
+            raise ValueError(f"expected a float [3, H, W] image, got {x.dtype} {tuple(x.shape)}")
+        return self.apply(x, self.draw(generator))
 
     def __repr__(self) -> str:
         return f"OfficialPhotometric(blur_p={self.blur_p}, solarize_p={self.solarize_p})"
