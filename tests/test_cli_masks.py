@@ -73,6 +73,21 @@ def test_masks_cli_shards_and_methods(tmp_path, capsys):
     assert info["name"] == "grid" and info["params"] == {"rows": 2, "cols": 2}
 
 
+def test_masks_cli_writes_any_generator_spec(tmp_path, capsys):
+    """--method takes a generator spec too (slic, quickshift, watershed, module:function):
+    its name and parameters go into the cache's record (and key)."""
+    data = _data(tmp_path / "data")
+    out = tmp_path / "slic"
+    args = ["masks", str(data), "--out", str(out), "--workers", "1", "--quiet"]
+    assert main([*args, "--method", "slic:n_segments=4,compactness=10"]) == 0
+    info = json.loads((out / "cache.json").read_text())
+    assert info["name"] == "slic" and info["params"]["n_segments"] == 4
+    assert "computed: 4" in capsys.readouterr().out
+    bad = [*args[:3], str(tmp_path / "x"), *args[4:], "--method", "nope:x=1"]
+    assert main(bad) == 2  # one-line error, no traceback
+    assert "nope" in capsys.readouterr().err
+
+
 def test_show_writes_png(tmp_path, capsys):
     data = _data(tmp_path / "data")
     out = tmp_path / "pics" / "show.png"

@@ -99,3 +99,34 @@ def test_timm_strict_load_when_installed(ckpt, tmp_path):
     assert export_checkpoint(ckpt, "timm", out)["framework"] == "timm"
     model = timm.create_model("resnet18", pretrained=False, num_classes=0)
     model.load_state_dict(read_export("timm", out), strict=True)
+
+
+@pytest.mark.parametrize("fmt", ["mmdet", "mmseg"])
+def test_openmmlab_layout_loads_as_mmengine_does(ckpt, tmp_path, fmt):
+    """An mmengine checkpoint: ``state_dict`` of ``backbone.``-prefixed torchvision names.
+    mmengine's ``Pretrained`` init with ``prefix="backbone."`` keeps the keys with the prefix
+    and strips it; the result loads into torchvision's ResNet (= mmdet's, style="pytorch")."""
+    out = tmp_path / f"{fmt}.pth"
+    assert main(["export", str(ckpt), "--format", fmt, "--out", str(out)]) == 0
+    obj = torch.load(out, map_location="cpu", weights_only=True)
+    assert set(obj) == {"state_dict", "meta"}
+    assert obj["meta"]["format"] == fmt and obj["meta"]["arch"] == "resnet18"
+    keys = list(obj["state_dict"])
+    assert keys and all(k.startswith("backbone.") for k in keys)
+    assert "backbone.layer4.1.bn2.running_var" in keys and "backbone.conv1.weight" in keys
+    stripped = {k[len("backbone.") :]: v for k, v in obj["state_dict"].items()}
+    source = ckpt_io.backbone_state_dict(ckpt_io.load(ckpt))
+    assert set(stripped) == set(source)
+    assert all(torch.equal(stripped[k], source[k]) for k in source)
+    res = torchvision.models.resnet18().load_state_dict(stripped, strict=False)
+    assert set(res.missing_keys) == {"fc.weight", "fc.bias"} and not res.unexpected_keys
+    from detcon.export import from_openmmlab
+
+    with pytest.raises(KeyError, match="prefix"):
+        from_openmmlab({"state_dict": {"conv1.weight": torch.zeros(1)}})
+
+
+def test_command_formats_match_the_module():
+    from detcon.commands import export as command
+
+    assert command.FORMATS == FORMATS

@@ -10,8 +10,13 @@ from detcon.masks.generators import (
     CallableGenerator,
     FHGenerator,
     GridGenerator,
+    ImportedGenerator,
+    QuickshiftGenerator,
+    SLICGenerator,
+    WatershedGenerator,
     WholeImageGenerator,
     build_generator,
+    is_generator_spec,
     relabel_contiguous,
 )
 
@@ -40,8 +45,11 @@ def _assert_contiguous(labels, shape):
         GridGenerator(),
         GridGenerator(2, 3),
         WholeImageGenerator(),
+        SLICGenerator(n_segments=8),
+        QuickshiftGenerator(kernel_size=3),
+        WatershedGenerator(markers=8),
     ],
-    ids=["fh", "fh-max-side", "grid4", "grid2x3", "whole"],
+    ids=["fh", "fh-max-side", "grid4", "grid2x3", "whole", "slic", "quickshift", "watershed"],
 )
 @pytest.mark.parametrize("shape", [(64, 48), (1, 1), (3, 2)])
 def test_every_generator_dtype_and_contiguous_ids(gen, shape):
@@ -183,3 +191,176 @@ def test_coco_needs_pycocotools(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "pycocotools.coco", None)
     with pytest.raises(ImportError, match="pip install"):
         coco.CocoMasks(_coco_json(tmp_path))
+
+
+# --- scikit-image superpixels, user functions by import path ----------------------------------
+
+
+def _quadrants_found(labels):
+    """Each quadrant interior is one id and the four corners are four ids."""
+    inner = [
+        len(np.unique(labels[r, c]))
+        for r in (slice(0, 28), slice(36, 64))
+        for c in (slice(0, 28), slice(36, 64))
+    ]
+    corners = {labels[0, 0], labels[0, 63], labels[63, 0], labels[63, 63]}
+    return inner == [1, 1, 1, 1] and len(corners) == 4
+
+
+@pytest.mark.parametrize(
+    "spec",
+    ["slic:n_segments=4,compactness=10", "watershed:markers=4,compactness=0.001", "quickshift"],
+)
+def test_superpixels_find_the_four_quadrants(spec):
+    labels = build_generator(spec)(_image())
+    _assert_contiguous(labels, (64, 64))
+    assert labels.max() + 1 == 4 and _quadrants_found(labels)
+
+
+def test_superpixels_equal_scikit_image_called_directly():
+    from skimage.color import rgb2gray
+    from skimage.filters import sobel
+    from skimage.segmentation import quickshift, slic, watershed
+
+    img = _image(48, 40, noise=40)
+    ours = build_generator("slic:n_segments=12,compactness=5,sigma=0.5")(img)
+    ref = slic(img, n_segments=12, compactness=5.0, sigma=0.5, max_num_iter=10, start_label=0)
+    assert np.array_equal(ours, relabel_contiguous(ref))
+    ours = build_generator("quickshift:kernel_size=3,max_dist=8,ratio=0.7,seed=1")(img)
+    ref = quickshift(img, ratio=0.7, kernel_size=3, max_dist=8, rng=1)
+    assert np.array_equal(ours, relabel_contiguous(ref))
+    ours = build_generator("watershed:markers=9,compactness=0.01")(img)
+    ref = watershed(sobel(rgb2gray(img)), markers=9, compactness=0.01)
+    assert np.array_equal(ours, relabel_contiguous(ref))
+
+
+def _photo(name="coffee.png", side=96):
+    """A bundled photograph of scikit-image, reduced to ``side`` px wide (fast tests)."""
+    from PIL import Image
+
+    from detcon.data.builtin import builtin_images
+
+    path = next(p for p in builtin_images() if p.name == name)
+    image = Image.open(path).convert("RGB")
+    image = image.resize((side, round(side * image.height / image.width)), Image.BILINEAR)
+    return np.asarray(image)
+
+
+@pytest.mark.parametrize(
+    "spec, lo, hi",
+    [
+        ("slic:n_segments=16", 8, 24),
+        ("watershed:markers=16", 12, 20),
+        ("quickshift:kernel_size=3,max_dist=20", 4, 200),
+        ("fh:scale=300,min_size=50", 2, 60),
+    ],
+)
+def test_generators_on_a_real_photo(spec, lo, hi):
+    img = _photo()
+    labels = build_generator(spec)(img)
+    _assert_contiguous(labels, img.shape[:2])
+    assert lo <= labels.max() + 1 <= hi
+    assert np.array_equal(labels, build_generator(spec)(img))  # deterministic
+
+
+def test_superpixel_specs_and_bad_parameters():
+    g = build_generator("slic:n_segments=64,compactness=10")
+    assert isinstance(g, SLICGenerator)
+    assert g.params == {"n_segments": 64, "compactness": 10.0, "sigma": 1.0, "max_num_iter": 10}
+    assert build_generator("watershed").params == {"markers": 100, "compactness": 0.001}
+    assert build_generator("quickshift:ratio=1").params["ratio"] == 1.0
+    for bad, what in [
+        ("slic:n_segments=0", "n_segments=0"),
+        ("slic:compactness=-1", "compactness=-1"),
+        ("quickshift:ratio=2", "ratio=2"),
+        ("watershed:markers=2.5", "markers=2.5"),
+    ]:
+        with pytest.raises(ValueError, match=f"invalid .* params: {what}"):
+            build_generator(bad)
+    with pytest.raises(ValueError, match="bad parameters"):
+        build_generator("slic:segments=3")
+
+
+REGIONS_MODULE = """
+import numpy as np
+
+def halves(image, axis=0, version=1):
+    h, w = image.shape[:2]
+    n = (h, w)[axis]
+    band = (np.arange(n) * 2) // n
+    return np.broadcast_to(band[:, None] if axis == 0 else band[None, :], (h, w)) * 10
+
+def floats(image):
+    return np.zeros(image.shape[:2])
+
+NOT_CALLABLE = 3
+"""
+
+
+@pytest.fixture
+def regions_module(tmp_path, monkeypatch):
+    (tmp_path / "user_regions_mod.py").write_text(REGIONS_MODULE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    yield "user_regions_mod"
+    sys.modules.pop("user_regions_mod", None)
+
+
+def test_user_function_by_import_path(regions_module):
+    import pickle
+
+    from detcon.masks.cache import generator_id
+
+    spec = f"{regions_module}:halves:axis=1"
+    assert is_generator_spec(spec) and not is_generator_spec("nope")
+    g = build_generator(spec)
+    assert isinstance(g, ImportedGenerator)
+    assert (g.name, g.params) == (f"{regions_module}:halves", {"axis": 1})
+    labels = g(_image(6, 4))
+    assert labels.tolist() == [[0, 0, 1, 1]] * 6  # left / right halves, relabelled from 0, 10
+    assert build_generator(f"{regions_module}:halves")(_image(4, 6)).tolist() == (
+        [[0] * 6] * 2 + [[1] * 6] * 2
+    )
+    # the cache key holds the function and its parameters; a dict rebuilds it (cache.json)
+    other = build_generator(f"{regions_module}:halves:axis=1,version=2")
+    assert generator_id(g.name, g.params) != generator_id(other.name, other.params)
+    again = build_generator({"name": g.name, **g.params})
+    assert (again.name, again.params) == (g.name, g.params)
+    back = pickle.loads(pickle.dumps(g))  # DataLoader / pool workers
+    assert np.array_equal(back(_image(6, 4)), labels)
+
+
+def test_user_function_errors(regions_module):
+    with pytest.raises(ValueError, match="cannot import 'no_such_module_xyz'"):
+        build_generator("no_such_module_xyz:f")
+    with pytest.raises(ValueError, match="has no 'missing'"):
+        build_generator(f"{regions_module}:missing")
+    with pytest.raises(ValueError, match="not callable"):
+        build_generator(f"{regions_module}:NOT_CALLABLE")
+    with pytest.raises(ValueError, match="integer labels"):
+        build_generator(f"{regions_module}:floats")(_image(4, 4))
+    with pytest.raises(ValueError, match="unknown mask generator"):
+        build_generator("slicc:n_segments=3")
+
+
+def test_user_function_trains_from_a_cache(regions_module, tmp_path):
+    """The cache made with a user function is read back, and its recorded spec rebuilds the
+    function for images without an entry."""
+    from PIL import Image
+
+    from detcon.data import build_pretrain_dataset
+    from detcon.data.datasets import resolve_masks
+    from detcon.masks.cache import MaskCache
+
+    data = tmp_path / "imgs"
+    data.mkdir()
+    for k in range(2):
+        Image.fromarray(_image(16, 16, seed=k)).save(data / f"{k}.png")
+    gen = build_generator(f"{regions_module}:halves")
+    cache = MaskCache(tmp_path / "cache", gen, data_root=data)
+    cache.write_info()
+    cache.put(data / "0.png", gen(_image(16, 16, seed=0)))
+    found, rebuilt = resolve_masks(str(tmp_path / "cache"), data)
+    assert (found.name, rebuilt.name, rebuilt.params) == (gen.name, gen.name, {})
+    ds = build_pretrain_dataset(data, f"{regions_module}:halves", 32)
+    item = ds[1]
+    assert item["mask_a"].shape == (32, 32) and int(item["mask_a"].max()) <= 1

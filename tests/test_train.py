@@ -171,3 +171,11 @@ def test_device_side_augmentation_trains(tmp_path):
     assert is_device_batch(item) and item["view_a"].dtype == torch.uint8
     out = train(cfg)
     assert out["step"] == 2 and math.isfinite(out["loss"])
+
+
+def test_subset_and_fraction_reach_the_training_dataset(tmp_path):
+    from detcon.data.loader import build_dataset
+
+    full = build_dataset(tiny_cfg(tmp_path, "data.data=builtin"))
+    half = build_dataset(tiny_cfg(tmp_path, "data.data=builtin", "data.fraction=0.5"))
+    assert 0 < len(half) < len(full)

@@ -31,7 +31,7 @@ import math
 import os
 import random
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -168,7 +168,9 @@ def rng_state() -> dict:
 
 def _numpy_state() -> dict:
     """numpy's legacy RNG state as tensors and plain numbers (loadable with weights_only)."""
-    name, keys, pos, has_gauss, cached = np.random.get_state()
+    # numpy's stubs pick the dict overload for the default legacy=True, which returns this tuple
+    state = cast(tuple[str, np.ndarray, int, int, float], np.random.get_state())
+    name, keys, pos, has_gauss, cached = state
     return {
         "name": name,
         "keys": torch.from_numpy(keys.astype(np.int64)),

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime
 import os
+from typing import cast
 
 import torch
 import torch.distributed as dist
@@ -150,8 +151,8 @@ def unwrap(model: nn.Module) -> nn.Module:
     while True:
         if isinstance(model, nn.parallel.DistributedDataParallel | nn.DataParallel):
             model = model.module
-        elif hasattr(model, "_orig_mod"):
-            model = model._orig_mod
+        elif hasattr(model, "_orig_mod"):  # torch.compile's wrapper
+            model = cast(nn.Module, model._orig_mod)
         else:
             return model
 
@@ -187,7 +188,12 @@ class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
         n = stats[-1]
         mean = stats[:c] / n
         var = stats[c : 2 * c] / n - mean * mean
-        if self.track_running_stats:
+        if (
+            self.track_running_stats
+            and self.running_mean is not None
+            and self.running_var is not None
+            and self.num_batches_tracked is not None
+        ):  # the three buffers are registered (or set to None) together
             with torch.no_grad():
                 m = self.momentum if self.momentum is not None else 0.1
                 self.running_mean.lerp_(mean.detach().to(self.running_mean.dtype), m)
@@ -222,9 +228,8 @@ def convert_sync_batchnorm(module: nn.Module, device: torch.device) -> nn.Module
                 out.weight.copy_(module.weight)
                 out.bias.copy_(module.bias)
         if module.track_running_stats:
-            out.running_mean.copy_(module.running_mean)
-            out.running_var.copy_(module.running_var)
-            out.num_batches_tracked.copy_(module.num_batches_tracked)
+            for buf in ("running_mean", "running_var", "num_batches_tracked"):
+                getattr(out, buf).copy_(getattr(module, buf))
         out.train(module.training)
     for name, child in module.named_children():
         out.add_module(name, convert_sync_batchnorm(child, device))

@@ -17,6 +17,12 @@ Formats (all from the backbone's torchvision-named state dict, see :mod:`detcon.
   keys. Use it with ``MODEL.RESNETS.STRIDE_IN_1X1 False`` (torchvision puts the stride on the
   3x3 conv) and ``INPUT.FORMAT RGB`` with ImageNet mean/std in 0-255 units.
 - ``safetensors``: the torchvision-named state dict as a ``.safetensors`` file.
+- ``mmdet`` / ``mmseg`` (the same file): ``torch.save`` of ``{"state_dict": {"backbone." +
+  torchvision name: tensor}, "meta": {...}}``. The ResNet of mmdetection / mmsegmentation
+  (``type="ResNet"``, ``style="pytorch"``: stride on the 3x3 conv, as torchvision) uses
+  torchvision's parameter names, so ``init_cfg=dict(type="Pretrained", prefix="backbone.",
+  checkpoint=FILE)`` on the backbone (or ``load_from=FILE`` for the whole detector) loads it;
+  mmengine reads ``state_dict`` and strips the prefix. Config fragments: docs/evaluation.md.
 
 Every export is checked before it is moved into place: the file is written to a temporary
 name, read back, mapped back to torchvision names, compared bit-for-bit with the source
@@ -38,7 +44,11 @@ from torch import nn
 from detcon import checkpoint as ckpt_io
 from detcon.fileio import atomic_path
 
-FORMATS = ("torchvision", "timm", "detectron2", "safetensors")
+FORMATS = ("torchvision", "timm", "detectron2", "safetensors", "mmdet", "mmseg")
+
+#: Formats written as an OpenMMLab checkpoint with ``backbone.``-prefixed keys.
+OPENMMLAB = ("mmdet", "mmseg")
+_PREFIX = "backbone."
 
 # torchvision -> detectron2 names. Each rule maps a prefix pattern; the rest of the key is
 # kept. Applied to whole dotted components only (never a substring replace anywhere).
@@ -107,9 +117,25 @@ def _d2_to_tv(key: str) -> str:
     raise KeyError(f"unexpected detectron2 ResNet key: {key!r}")
 
 
+def to_openmmlab(state: dict[str, torch.Tensor], meta: dict | None = None) -> dict:
+    """``{"state_dict": {"backbone." + key: tensor}, "meta": meta}`` (an mmengine checkpoint)."""
+    return {"state_dict": {_PREFIX + k: v for k, v in state.items()}, "meta": dict(meta or {})}
+
+
+def from_openmmlab(obj: dict) -> dict[str, torch.Tensor]:
+    """Inverse of :func:`to_openmmlab`: every key must carry the ``backbone.`` prefix."""
+    state = obj.get("state_dict", obj)
+    bad = [k for k in state if not k.startswith(_PREFIX)]
+    if bad:
+        raise KeyError(f"keys without the {_PREFIX!r} prefix: {bad[:3]}")
+    return {k[len(_PREFIX) :]: v for k, v in state.items()}
+
+
 def _write(fmt: str, state: dict[str, torch.Tensor], path: Path, meta: dict) -> None:
     if fmt in ("torchvision", "timm"):
         torch.save(state, path)
+    elif fmt in OPENMMLAB:
+        torch.save(to_openmmlab(state, {**meta, "format": fmt, "source": "detcon"}), path)
     elif fmt == "safetensors":
         from safetensors.torch import save_file
 
@@ -131,6 +157,8 @@ def read_export(fmt: str, path: str | os.PathLike) -> dict[str, torch.Tensor]:
     detectron2)."""
     if fmt in ("torchvision", "timm"):
         return torch.load(path, map_location="cpu", weights_only=True)
+    if fmt in OPENMMLAB:
+        return from_openmmlab(torch.load(path, map_location="cpu", weights_only=True))
     if fmt == "safetensors":
         from safetensors.torch import load_file
 

@@ -67,7 +67,8 @@ def remove_stale_temps(folder: str | os.PathLike) -> list[Path]:
     """Remove the temporary files :func:`atomic_path` left in ``folder`` (not recursive) when a
     process was killed mid-write; returns the removed paths. Call it only when nothing is being
     written to ``folder`` (e.g. at the start of a run, on rank 0)."""
-    folder, removed = Path(folder), []
+    folder = Path(folder)
+    removed: list[Path] = []
     if not folder.is_dir():
         return removed
     for p in sorted(folder.iterdir()):

@@ -8,7 +8,8 @@ cosine decay to 0, target EMA rate cosine-increased from 0.996 to 1.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -71,6 +72,7 @@ class LARS(torch.optim.Optimizer):
             if any(p.grad.is_sparse for p in params):
                 raise RuntimeError("LARS does not support sparse gradients")
             grads = [p.grad for p in params]
+            updates: Sequence[torch.Tensor]
             if group["lars_exclude"]:
                 updates = grads
             else:
@@ -109,14 +111,15 @@ def param_groups(model: nn.Module, weight_decay: float | None = None) -> list[di
     ``requires_grad=False`` are skipped, shared parameters appear once, empty groups are dropped.
     """
     seen: set[int] = set()
-    decay, exclude = [], []
+    decay: list[nn.Parameter] = []
+    exclude: list[nn.Parameter] = []
     for module in model.modules():
         for name, param in module.named_parameters(recurse=False):
             if not param.requires_grad or id(param) in seen:
                 continue
             seen.add(id(param))
             (exclude if _is_excluded(module, name, param) else decay).append(param)
-    groups = []
+    groups: list[dict[str, Any]] = []
     if decay:
         groups.append({"params": decay})
         if weight_decay is not None:

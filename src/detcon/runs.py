@@ -188,7 +188,8 @@ def check_resume_config(cfg, ckpt: dict, path) -> list[str]:
     (``RESUME_MUST_MATCH``); a warning listing the other differing keys. Returns those keys."""
     saved = ckpt.get("config")
     if not isinstance(saved, dict) or not saved:  # no config saved: the model info at least
-        info = ckpt.get("model") if isinstance(ckpt.get("model"), dict) else {}
+        model = ckpt.get("model")
+        info = model if isinstance(model, dict) else {}
         saved = {"model": {k: info[k] for k in ("backbone", "width_multiplier") if k in info}}
         if not saved["model"]:
             return []
@@ -242,8 +243,9 @@ class StopFlag:
                 self._old[sig] = signal.signal(sig, self._handle)
 
     def _handle(self, signum, frame):
-        if self.stop and signum == signal.SIGINT and callable(self._old.get(signum)):
-            self._old[signum](signum, frame)
+        old = self._old.get(signum)
+        if self.stop and signum == signal.SIGINT and callable(old):
+            old(signum, frame)
         self.stop, self.signum = True, signum
         try:  # the terminal / pipe may be gone (SIGHUP, `| tee` killed by the same Ctrl-C)
             log.warning("received signal %d: saving a checkpoint and stopping", signum)

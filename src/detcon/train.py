@@ -75,7 +75,7 @@ def train(cfg: Config, dataset=None, *, overwrite: bool = False) -> dict:
         save_yaml(cfg, run_dir / "config.yaml", plan)
         _log_plan(cfg, plan, device, step)
     # ---- loop
-    stop, writer = StopFlag(), MetricsWriter(run_dir, start_step=step)
+    stop, writer = StopFlag(), MetricsWriter(run_dir, start_step=step, cfg=cfg)
     progress = _Progress(plan.total_steps, step, enabled=main and cfg.train.progress)
     meter = Throughput(cfg.data.batch_size)
     batches = _batches(

@@ -10,16 +10,17 @@ when the file has them, for the online network and, where the file has one, the 
 
 from __future__ import annotations
 
-import argparse
 import logging
 
 
 def add_parser(subparsers) -> None:
+    from detcon.commands._help import HelpFormatter, plain
+
     p = subparsers.add_parser(
         "import",
         help="convert an official DetCon / BYOL checkpoint (.npy / .pkl) to a detcon one",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=plain(__doc__),
+        formatter_class=HelpFormatter,
     )
     p.add_argument("path", help="official checkpoint (.npy of a dict, or the BYOL .pkl)")
     p.add_argument("--out", required=True, help="detcon checkpoint to write (.pt)")

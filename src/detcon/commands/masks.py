@@ -373,6 +373,10 @@ def build_method(args):
         return GridGenerator(args.grid, args.grid)
     if args.method == "whole":
         return WholeImageGenerator()
+    if args.method != "coco":  # slic, quickshift, watershed, a user function: its own spec
+        from detcon.masks.generators import build_generator
+
+        return build_generator(args.method)
     from detcon.masks.coco import CocoMasks
 
     if not args.coco_json:
@@ -550,7 +554,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     )
     p.add_argument("data", help="folder of images (searched recursively)")
     p.add_argument("--out", required=True, help="mask cache folder")
-    p.add_argument("--method", choices=["fh", "grid", "coco", "whole"], default="fh")
+    p.add_argument(
+        "--method",
+        default="fh",
+        help="fh, grid, coco, whole (with the options below), or any generator spec: "
+        "slic:n_segments=64, quickshift, watershed:markers=64, pkg.module:function",
+    )
     p.add_argument("--workers", type=int, default=0, help="processes (0 = all cores)")
     p.add_argument("--shard", type=int, default=0, help="this shard's index")
     p.add_argument("--num-shards", type=int, default=1, help="every num_shards-th file per shard")

@@ -1,8 +1,15 @@
 """``detcon pretrain``: self-supervised pretraining (DetCon_B, DetCon_S, BYOL, SimCLR).
 
 Without arguments it runs the CPU quickstart recipe (``quickstart_cpu``: ResNet-18, 64 px, a
-few dozen steps on scikit-image's sample photographs). Under ``torchrun`` the same command runs
-data-parallel: ``torchrun --nproc_per_node=8 -m detcon pretrain --config detcon_b_imagenet_300ep``.
+few dozen steps on scikit-image's sample photographs). With ``--data DIR`` and no ``--config``
+it chooses the settings from the device and the folder (GPU: ResNet-50, 224 px, bf16, a batch
+that fits, epochs from the folder's size; CPU: small settings), prints them with the reasons
+and records them in the run's ``config.yaml`` (:mod:`detcon.auto_settings`). Under
+``torchrun`` the same command runs data-parallel:
+``torchrun --nproc_per_node=8 -m detcon pretrain --config detcon_b_imagenet_300ep``.
+
+Flags set the main config keys; ``KEY=VALUE`` sets any other (they win over the flags), e.g.
+``optim.base_lr=0.3 data.subset=imagenet100 train.loggers=tensorboard,wandb``.
 """
 
 from __future__ import annotations
@@ -34,23 +41,37 @@ def _positive(text: str) -> int:
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
+    from detcon.commands._help import HelpFormatter, plain
+
     p = subparsers.add_parser(
         "pretrain",
         help="self-supervised pretraining (DetCon_B / DetCon_S / BYOL / SimCLR)",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=plain(__doc__),
+        formatter_class=HelpFormatter,
     )
-    p.add_argument("--config", help=f"YAML file or shipped recipe name (default: {QUICKSTART})")
-    p.add_argument("--data", help="image folder, 'builtin' or 'synthetic:N'")
-    p.add_argument("--masks", help="mask cache folder, or fh | grid | coco | whole")
-    p.add_argument("--method", choices=["detcon_b", "detcon_s", "byol", "simclr"])
-    p.add_argument("--backbone", help="resnet18 | resnet34 | resnet50 | resnet101 | ...")
-    p.add_argument("--image-size", type=int)
-    p.add_argument("--batch-size", type=int, help="GLOBAL batch over all processes")
+    recipe = "(default: the recipe's)"
+    p.add_argument(
+        "--config",
+        help=f"YAML file or shipped recipe name (default: {QUICKSTART}, or settings chosen "
+        "for the machine and the folder with --data DIR)",
+    )
+    p.add_argument("--data", help=f"image folder, 'builtin' or 'synthetic:N' {recipe} (data.data)")
+    p.add_argument(
+        "--masks",
+        help="mask cache folder (detcon masks), or a generator: fh | grid | whole | coco | slic "
+        "| quickshift | watershed, with parameters (fh:scale=500,min_size=200, "
+        f"slic:n_segments=64,compactness=10), or a function module.sub:function {recipe}",
+    )
+    p.add_argument(
+        "--method", choices=["detcon_b", "detcon_s", "byol", "simclr"], help=f"method {recipe}"
+    )
+    p.add_argument("--backbone", help=f"resnet18 | resnet34 | resnet50 | resnet101 | ... {recipe}")
+    p.add_argument("--image-size", type=int, help=f"view side in pixels {recipe}")
+    p.add_argument("--batch-size", type=int, help=f"GLOBAL batch over all processes {recipe}")
     length = p.add_mutually_exclusive_group()
-    length.add_argument("--steps", type=_positive, help="optimizer steps (>= 1)")
-    length.add_argument("--epochs", type=_positive, help="epochs (>= 1)")
-    p.add_argument("--out", help="run folder")
+    length.add_argument("--steps", type=_positive, help=f"optimizer steps (>= 1) {recipe}")
+    length.add_argument("--epochs", type=_positive, help=f"epochs (>= 1) {recipe}")
+    p.add_argument("--out", help=f"run folder {recipe}")
     start = p.add_mutually_exclusive_group()
     start.add_argument(
         "--resume",
@@ -85,6 +106,17 @@ def overrides_from_args(args) -> list[str]:
     return out + list(args.overrides)
 
 
+def wants_auto_settings(args) -> bool:
+    """``--data DIR`` (an image folder, not ``builtin`` / ``synthetic``) without ``--config``."""
+    data = getattr(args, "data", None)
+    return (
+        args.config is None
+        and data is not None
+        and data != "builtin"
+        and not str(data).startswith("synthetic")
+    )
+
+
 def run(args) -> int:
     from detcon.config import ConfigError, load_config, recipe_names
     from detcon.metrics_log import setup_logging
@@ -95,15 +127,43 @@ def run(args) -> int:
         print("\n".join(recipe_names()))
         return 0
     overrides = overrides_from_args(args)
+    auto = None
+    if wants_auto_settings(args):
+        from detcon.auto_settings import choose_settings
+
+        try:
+            auto = choose_settings(args.data, overrides)
+        except FileNotFoundError as err:
+            log.error("%s", err)
+            return 2
+        log.info(
+            "no --config: settings chosen for %s on this machine (flags and key=value "
+            "overrides win; recorded as train.auto_settings in config.yaml):\n  %s",
+            args.data,
+            "\n  ".join(auto.reasons),
+        )
+        overrides = auto.overrides + overrides
+    recipe = None if auto is not None else args.config or QUICKSTART
     log.info(
         "config: %s%s",
-        args.config or f"{QUICKSTART} (no --config given)",
-        f" + {' '.join(overrides)}" if overrides else "",
+        recipe or "defaults + the settings above",
+        "" if args.config or auto else " (no --config given)",
     )
+    if overrides:
+        log.info("overrides: %s", " ".join(overrides))
     try:
-        cfg = load_config(args.config or QUICKSTART, overrides)
+        cfg = load_config(recipe, overrides)
+        if auto is not None:
+            cfg.train.auto_settings = auto.summary()
     except ConfigError as err:
         log.error("config error: %s", err)
+        return 2
+    from detcon.loggers import LoggerUnavailableError, check_available
+
+    try:
+        check_available(cfg.train.loggers)
+    except LoggerUnavailableError as err:
+        log.error("%s", err)
         return 2
     from detcon import distributed
     from detcon.checkpoint import CheckpointCorruptError
@@ -149,4 +209,31 @@ def run(args) -> int:
         run_dir,
         run_dir,
     )
+    note = trend_note(run_dir, summary["step"]) if recipe == QUICKSTART else ""
+    if note:
+        log.info("%s", note)
     return 0
+
+
+def trend_note(run_dir, steps: int) -> str:
+    """For the quickstart: the logged loss at its start and end, and why its curve does not
+    show learning (measured: a run with 10x the learning rate logs nearly the same values)."""
+    from pathlib import Path
+
+    from detcon.metrics_log import loss_trend
+
+    path = Path(run_dir) / "metrics.jsonl"
+    trend = loss_trend(path) if path.is_file() else None
+    if trend is None:
+        return ""
+    k = trend["quarter"]
+    return (
+        f"loss: mean of the first {k} logged values {trend['first']:.3f}, of the last {k} "
+        f"{trend['last']:.3f}. The quickstart's curve does not show learning, and is not "
+        f"meant to: {steps} steps barely move the weights of a freshly initialised network "
+        "(a run with 10x its learning rate logs nearly the same values), and the DetCon loss "
+        "of one batch depends mostly on which photographs it holds and how many regions their "
+        "views keep; its ups and downs are that batch-to-batch spread. The quickstart shows "
+        "that the pipeline runs end to end; a falling curve needs far more steps than a "
+        "one-minute CPU demonstration can take."
+    )

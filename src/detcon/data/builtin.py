@@ -64,6 +64,8 @@ def build_pretrain_dataset(
     seed: int = 0,
     compute_missing: bool = True,
     augment_on: str = "host",
+    subset: str | os.PathLike = "",
+    fraction: float = 1.0,
     **transform_kwargs,
 ):
     """Build the pretraining dataset named by ``data`` with region maps named by ``masks``.
@@ -81,6 +83,10 @@ def build_pretrain_dataset(
         repeat: repeat the file list per epoch (tiny datasets such as builtin).
         compute_missing: with a cache folder, compute the maps of images without an entry
             on the fly (True) or refuse up front (False; see ``ImageListDataset``).
+        subset: keep only the images a list names (a file, or ``imagenet100``; see
+            :mod:`detcon.data.subsets`), before the cache's coverage check.
+        fraction: keep this fraction of them, drawn by ``seed`` (per class with
+            ``class_tree``).
         augment_on: ``"host"`` (colour ops in the loader workers) or ``"device"``: items carry
             uint8 views and their drawn colour parameters ``photo_a`` / ``photo_b``; the train
             step applies them with :func:`detcon.data.device_augment.augment_on_device`.
@@ -92,7 +98,14 @@ def build_pretrain_dataset(
     """
     transform = TwoViewTransform(image_size, crop=crop, augment_on=augment_on, **transform_kwargs)
     data_s = str(data)
+    select = _selector(subset, fraction, seed, data_s)
     if data_s == "builtin":
+        if select is not None:
+            files = builtin_images()
+            files = [files[i] for i in select(files, None)]
+            return ImageListDataset(
+                files, masks, transform, repeat=repeat, compute_missing=compute_missing
+            )
         return BuiltinDataset(masks, transform, repeat=repeat, compute_missing=compute_missing)
     if data_s.startswith("synthetic"):
         n = int(data_s.split(":", 1)[1]) if ":" in data_s else 64
@@ -102,10 +115,36 @@ def build_pretrain_dataset(
             f"data {data_s!r} is not a folder; use a folder of images, 'builtin' or 'synthetic'"
         )
     if coco_json is not None:
+        if select is not None:
+            raise ValueError("data.subset / data.fraction do not apply to COCO (data.coco_json)")
         return CocoDataset(
             data_s, coco_json, masks, transform, repeat=repeat, compute_missing=compute_missing
         )
     if masks == "coco":
         raise ValueError("masks='coco' needs coco_json= (the instances JSON file)")
     cls = ImageClassTreeDataset if class_tree else ImageFolderDataset
-    return cls(data_s, masks, transform, repeat=repeat, compute_missing=compute_missing)
+    return cls(
+        data_s, masks, transform, select=select, repeat=repeat, compute_missing=compute_missing
+    )
+
+
+def _selector(subset, fraction: float, seed: int, data: str):
+    """``select(files, labels) -> indices`` for the dataset classes, or None (keep all)."""
+    subset = str(subset or "")
+    if not subset and fraction == 1:
+        return None
+    if data.startswith("synthetic"):
+        raise ValueError("data.subset / data.fraction do not apply to synthetic data")
+    import logging
+
+    from .subsets import describe, read_subset, select_indices
+
+    entries = read_subset(subset) if subset else None
+
+    def select(files, labels):
+        root = files[0].parent if data == "builtin" else Path(data)
+        keep = select_indices(files, root, entries, fraction, seed, labels)
+        logging.getLogger("detcon.data").info(describe(len(files), len(keep), subset, fraction))
+        return keep
+
+    return select

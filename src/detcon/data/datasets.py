@@ -128,7 +128,7 @@ def resolve_masks(masks: Any, data_root=None):
     a missing or stale entry is recomputed on the fly instead of failing.
     """
     from detcon.masks.cache import MaskCache, open_cache
-    from detcon.masks.generators import build_generator
+    from detcon.masks.generators import build_generator, is_generator_spec
 
     if masks is None:
         return None, build_generator("whole")
@@ -145,7 +145,7 @@ def resolve_masks(masks: Any, data_root=None):
                 "masks 'coco' (ground truth) needs the COCO instances JSON "
                 "(data.coco_json / coco_json=)"
             )
-        if name not in MASK_SOURCES:
+        if name not in MASK_SOURCES and not is_generator_spec(masks):  # slic, ..., pkg.mod:fn
             raise _unknown_masks(masks)
         return None, build_generator(masks)
     elif isinstance(masks, dict):
@@ -309,9 +309,10 @@ def _warn_skipped(root, skipped: list) -> None:
 class ImageFolderDataset(ImageListDataset):
     """All images under ``root`` (recursive, sorted). Cache keys are relative to ``root``.
     ``skipped`` lists the ``(path, reason)`` of entries named like images that are not files
-    (see :func:`scan_images`); they are also reported in one warning."""
+    (see :func:`scan_images`); they are also reported in one warning. ``select(files,
+    labels) -> indices`` keeps part of the folder (:func:`detcon.data.subsets.select_indices`)."""
 
-    def __init__(self, root, masks: Any = "fh", transform=None, **kwargs):
+    def __init__(self, root, masks: Any = "fh", transform=None, select=None, **kwargs):
         self.root = Path(root)
         kwargs.setdefault("data_root", self.root)
         self.skipped: list[tuple[str, str]] = []
@@ -319,16 +320,20 @@ class ImageFolderDataset(ImageListDataset):
         _warn_skipped(self.root, self.skipped)
         if not files:
             raise no_images_error(self.root)
+        if select is not None:
+            files = [files[i] for i in select(files, None)]
         super().__init__(files, masks, transform, **kwargs)
 
 
 class ImageClassTreeDataset(ImageListDataset):
     """ImageFolder-style tree ``root/<class>/**/<image>``: items also carry ``"label"``.
 
-    ``classes`` (sorted sub-folder names) and ``class_to_idx`` as in torchvision.
+    ``classes`` (sorted sub-folder names) and ``class_to_idx`` as in torchvision. With
+    ``select(files, labels) -> indices`` only those images are kept, and ``classes`` only
+    the classes that still have images (labels renumbered in the same sorted order).
     """
 
-    def __init__(self, root, masks: Any = "fh", transform=None, **kwargs):
+    def __init__(self, root, masks: Any = "fh", transform=None, select=None, **kwargs):
         self.root = Path(root)
         self.classes = sorted(d.name for d in self.root.iterdir() if d.is_dir())
         if not self.classes:
@@ -343,6 +348,13 @@ class ImageClassTreeDataset(ImageListDataset):
         _warn_skipped(self.root, self.skipped)
         if not files:
             raise no_images_error(self.root)
+        if select is not None:
+            keep = select(files, labels)
+            files, labels = [files[i] for i in keep], [labels[i] for i in keep]
+            self.classes = [c for k, c in enumerate(self.classes) if k in set(labels)]
+            self.class_to_idx = {c: k for k, c in enumerate(self.classes)}
+            new = {old: k for k, old in enumerate(sorted(set(labels)))}
+            labels = [new[label] for label in labels]
         kwargs.setdefault("data_root", self.root)
         super().__init__(files, masks, transform, labels=labels, **kwargs)
 

@@ -119,6 +119,8 @@ def build_dataset(cfg: Config) -> Dataset:
         class_tree=cfg.data.class_tree,
         seed=cfg.train.seed,
         augment_on=cfg.data.augment_on,
+        subset=cfg.data.subset,
+        fraction=cfg.data.fraction,
     )
 
 

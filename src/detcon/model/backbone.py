@@ -25,6 +25,7 @@ mode a run uses is decided by the config (the official recipe uses ``"same"``).
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import TypeVar, cast
 
 import torch
 import torch.nn.functional as F
@@ -67,16 +68,21 @@ def same_pads(size: int, kernel: int, stride: int, dilation: int = 1) -> tuple[i
     return total // 2, total - total // 2
 
 
-def _conv_sharing(cls: type[nn.Conv2d], conv: nn.Conv2d) -> nn.Conv2d:
+_Conv = TypeVar("_Conv", bound=nn.Conv2d)
+# torch types Conv2d's kernel_size / stride / padding / dilation as tuple[int, ...]; they are pairs
+_Pair = tuple[int, int]
+
+
+def _conv_sharing(cls: type[_Conv], conv: nn.Conv2d) -> _Conv:
     """A ``cls`` with ``conv``'s hyperparameters sharing its parameter tensors (built on the
     meta device: no allocation, no init)."""
     new = cls(
         conv.in_channels,
         conv.out_channels,
-        conv.kernel_size,
-        stride=conv.stride,
-        padding=conv.padding,
-        dilation=conv.dilation,
+        cast(_Pair, conv.kernel_size),
+        stride=cast(_Pair, conv.stride),
+        padding=cast("str | _Pair", conv.padding),
+        dilation=cast(_Pair, conv.dilation),
         groups=conv.groups,
         bias=conv.bias is not None,
         device="meta",
@@ -267,7 +273,7 @@ class Backbone(nn.Module):
                 if getattr(mod, "weight", None) is not None:
                     nn.init.ones_(mod.weight)
                     nn.init.zeros_(mod.bias)
-                if hasattr(mod, "reset_running_stats"):
+                if isinstance(mod, nn.modules.batchnorm._NormBase):  # GroupNorm has no stats
                     mod.reset_running_stats()
         if zero_init_residual:
             for mod in self.modules():
@@ -315,7 +321,8 @@ def set_output_stride_(backbone: nn.Module, output_stride: int) -> nn.Module:
                 block.downsample[0].stride = (1, 1)
             block.stride = 1
         prev = dilation
-    backbone.stride = output_stride
+    # torch types Module.__setattr__'s value Tensor | Module; plain attributes work too
+    backbone.stride = output_stride  # type: ignore[assignment]
     return backbone
 
 
@@ -349,7 +356,7 @@ def set_padding_(backbone: nn.Module, padding: str) -> nn.Module:
     check_padding(padding)
     for parent in list(backbone.modules()):
         for name, child in list(parent.named_children()):
-            new = None
+            new: nn.Module | None = None
             if padding == "same":
                 if type(child) is nn.Conv2d and _is_strided(child):
                     new = SameConv2d.from_conv(child)
@@ -365,7 +372,8 @@ def set_padding_(backbone: nn.Module, padding: str) -> nn.Module:
                 new.train(child.training)
             if new is not None:
                 setattr(parent, name, new)
-    backbone.padding = padding
+    # torch types Module.__setattr__'s value Tensor | Module; plain attributes work too
+    backbone.padding = padding  # type: ignore[assignment]
     return backbone
 
 

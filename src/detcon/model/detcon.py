@@ -112,8 +112,9 @@ class DetConNet(nn.Module):
             self.backbone.reset_parameters(init)  # None: the backbone's own init
         else:
             for mod in self.backbone.modules():
-                if mod is not self.backbone and hasattr(mod, "reset_parameters"):
-                    mod.reset_parameters()
+                reset = getattr(mod, "reset_parameters", None)
+                if mod is not self.backbone and reset is not None:
+                    reset()
         for head in (self.projector, self.predictor):
             if head is not None:
                 head.reset_parameters(self.head_init if init is None else init)
@@ -169,9 +170,10 @@ def make_target(online: nn.Module, reinit: bool = False) -> nn.Module:
         raise TypeError("make_target expects the unwrapped online module (use distributed.unwrap)")
     target = copy.deepcopy(online)
     if reinit:
-        if not hasattr(target, "reset_parameters"):
+        reset = getattr(target, "reset_parameters", None)
+        if reset is None:
             raise TypeError(f"reinit=True needs {type(target).__name__}.reset_parameters()")
-        target.reset_parameters()
+        reset()
     for p in target.parameters():
         p.requires_grad_(False)
     return target

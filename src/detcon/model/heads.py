@@ -117,7 +117,9 @@ class MLP(nn.Module):
         return x.reshape(*lead, self.out_dim)  # [..., out_dim]
 
 
-def weighted_batch_norm(bn: nn.Module, x: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+def weighted_batch_norm(
+    bn: nn.modules.batchnorm._NormBase, x: torch.Tensor, counts: torch.Tensor
+) -> torch.Tensor:
     """``bn(x)`` for a batch in which row ``i`` of ``x [M, C]`` occurs ``counts[i]`` times:
     the same outputs, gradients and running-statistics update as ``bn`` on the expanded
     batch. Training mode: ``mean = sum(c x) / sum(c)``, ``var = sum(c (x - mean)^2) / sum(c)``
@@ -135,7 +137,12 @@ def weighted_batch_norm(bn: nn.Module, x: torch.Tensor, counts: torch.Tensor) ->
     n = sums[-1]
     mean = sums[:-1] / n
     var = total((w * (xf - mean).square()).sum(0)) / n  # two passes: no E[x^2] - E[x]^2
-    if bn.track_running_stats and bn.running_mean is not None:
+    if (
+        bn.track_running_stats
+        and bn.running_mean is not None
+        and bn.running_var is not None
+        and bn.num_batches_tracked is not None
+    ):  # the three buffers are registered (or set to None) together
         with torch.no_grad():
             bn.num_batches_tracked.add_(1)
             m = bn.momentum if bn.momentum is not None else 1.0 / float(bn.num_batches_tracked)
