@@ -88,7 +88,7 @@ def test_refuses_broken_checkpoint(tmp_path):
     del raw["online"]["backbone.layer4.1.conv2.weight"]
     ckpt_io.save_atomic(raw, tmp_path / "bad.pt")
     out = tmp_path / "bad.pth"
-    with pytest.raises(RuntimeError, match="Missing key"):
+    with pytest.raises(ValueError, match=r"missing=\['layer4.1.conv2.weight'\]"):
         export_checkpoint(tmp_path / "bad.pt", "torchvision", out)
     assert not out.exists() and not list(tmp_path.glob(".bad.pth.*"))
 

@@ -244,20 +244,16 @@ def export_checkpoint(
 
     Returns ``{"format", "path", "framework" (verified against), "num_tensors", "arch"}``.
     """
-    from detcon.model.backbone import build_backbone
 
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}; choose from {FORMATS}")
-    ckpt = ckpt_io.load(ckpt_path)
-    info = ckpt.get("model") or {}
-    if "backbone" not in info:
-        raise KeyError(f"{ckpt_path}: checkpoint['model']['backbone'] missing")
-    arch, width = info["backbone"], int(info.get("width_multiplier", 1))
-    state = {k: v.detach().cpu() for k, v in ckpt_io.backbone_state_dict(ckpt, which).items()}
-    backbone = build_backbone(arch, width_multiplier=width)
-    backbone.load_state_dict(state, strict=True)  # the source itself must be complete
+    # the one checkpoint -> backbone loader (strict); torchvision's padding, since the export
+    # is compared against torchvision's forward
+    backbone, info = ckpt_io.backbone_from_checkpoint(ckpt_path, which, padding="torch")
+    arch, width = info["arch"], info["width_multiplier"]
+    state = {k: v.detach().cpu() for k, v in backbone.state_dict().items()}
     out = Path(out)
-    meta = {"arch": arch, "width_multiplier": width, "which": which, "step": ckpt.get("step")}
+    meta = {"arch": arch, "width_multiplier": width, "which": which, "step": info["step"]}
     with atomic_path(out) as tmp:  # renamed onto ``out`` only if verification passes
         _write(fmt, state, tmp, meta)
         framework = verify_export(fmt, tmp, state, backbone, arch, width)
