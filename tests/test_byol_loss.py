@@ -33,7 +33,7 @@ def test_hand_cases():
     assert byol_loss(e1, e1, e2, e2).item() == pytest.approx(4.0)
     # a zero prediction stays zero under the official normalisation: ||0 - e1||^2 = 1
     assert byol_loss(zero, e1, e1, e1).item() == pytest.approx(1.0 + 0.0)
-    # the directions pair pred1 with target2 and pred2 with target1
+    # the directions pair pred_a with target_b and pred_b with target_a
     assert byol_loss(e1, e2, e2, e1).item() == pytest.approx(0.0, abs=1e-7)
     assert byol_loss(e1, e2, e1, e2).item() == pytest.approx(4.0)
 

@@ -226,13 +226,13 @@ def test_module_wrapper_and_validation():
         DetConLoss(temperature=0.0)
     with pytest.raises(ValueError, match="batch_offset"):
         detcon_loss(*args, batch_offset=1)
-    with pytest.raises(ValueError, match="pred1/pred2"):
+    with pytest.raises(ValueError, match="pred_a/pred_b"):
         detcon_loss(args[0], args[1][:, :1], *args[2:])
     with pytest.raises(ValueError, match="embedding"):
         detcon_loss(*args[:2], args[2][..., :2], args[3][..., :2], *args[4:])
     with pytest.raises(TypeError, match="integer"):
         detcon_loss(*args[:4], args[4].float(), *args[5:])
-    with pytest.raises(ValueError, match="pred_ids2"):
+    with pytest.raises(ValueError, match="pred_ids_b"):
         detcon_loss(*args[:5], args[5][:, :1], *args[6:])
 
 

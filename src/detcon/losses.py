@@ -43,22 +43,24 @@ def _check_ids(name: str, ids: Tensor, shape: tuple[int, int]) -> None:
         raise ValueError(f"{name} must have shape {shape}, got {tuple(ids.shape)}")
 
 
-def _validate(pred1, pred2, target1, target2, ids, temperature, batch_offset) -> None:
-    if pred1.ndim != 3 or pred1.shape != pred2.shape:
+def _validate(pred_a, pred_b, target_a, target_b, ids, temperature, batch_offset) -> None:
+    if pred_a.ndim != 3 or pred_a.shape != pred_b.shape:
         raise ValueError(
-            f"pred1/pred2 must both be [B,K,D], got {tuple(pred1.shape)} and {tuple(pred2.shape)}"
+            f"pred_a/pred_b must both be [B,K,D], got {tuple(pred_a.shape)} and {tuple(pred_b.shape)}"
         )
-    if target1.ndim != 3 or target1.shape != target2.shape:
+    if target_a.ndim != 3 or target_a.shape != target_b.shape:
         raise ValueError(
-            f"target1/target2 must both be [N,K,D], got {tuple(target1.shape)} and "
-            f"{tuple(target2.shape)}"
+            f"target_a/target_b must both be [N,K,D], got {tuple(target_a.shape)} and "
+            f"{tuple(target_b.shape)}"
         )
-    B, K, D = pred1.shape
-    N, Kt, Dt = target1.shape
+    B, K, D = pred_a.shape
+    N, Kt, Dt = target_a.shape
     if Dt != D:
         raise ValueError(f"embedding sizes differ: pred D={D}, target D={Dt}")
     if B == 0 or K == 0 or Kt == 0:
-        raise ValueError(f"empty inputs: pred {tuple(pred1.shape)}, target {tuple(target1.shape)}")
+        raise ValueError(
+            f"empty inputs: pred {tuple(pred_a.shape)}, target {tuple(target_a.shape)}"
+        )
     if not 0 <= batch_offset or batch_offset + B > N:
         raise ValueError(
             f"batch_offset={batch_offset} with B={B} local images does not fit in the N={N} "
@@ -67,7 +69,7 @@ def _validate(pred1, pred2, target1, target2, ids, temperature, batch_offset) ->
     if not temperature > 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
     for name, t, shape in zip(
-        ("pred_ids1", "pred_ids2", "target_ids1", "target_ids2"),
+        ("pred_ids_a", "pred_ids_b", "target_ids_a", "target_ids_b"),
         ids,
         ((B, K), (B, K), (N, Kt), (N, Kt)),
         strict=True,
@@ -181,14 +183,14 @@ def _view_loss_distinct(
 
 
 def detcon_loss(
-    pred1: Tensor,
-    pred2: Tensor,
-    target1: Tensor,
-    target2: Tensor,
-    pred_ids1: Tensor,
-    pred_ids2: Tensor,
-    target_ids1: Tensor,
-    target_ids2: Tensor,
+    pred_a: Tensor,
+    pred_b: Tensor,
+    target_a: Tensor,
+    target_b: Tensor,
+    pred_ids_a: Tensor,
+    pred_ids_b: Tensor,
+    target_ids_a: Tensor,
+    target_ids_b: Tensor,
     *,
     temperature: float = 0.1,
     local_negatives: bool = True,
@@ -198,13 +200,13 @@ def detcon_loss(
     """Symmetrised DetCon loss of this process (official ``byol_nce_detcon`` semantics).
 
     Args:
-        pred1, pred2: ``[B,K,D]`` predictions of views 1 and 2 for this process's B images
+        pred_a, pred_b: ``[B,K,D]`` predictions of views a and b for this process's B images
             (DetCon-B: online predictor outputs; DetCon-S: online projections).
-        target1, target2: ``[N,K',D]`` targets of views 1 and 2 for all N images of all
+        target_a, target_b: ``[N,K',D]`` targets of views a and b for all N images of all
             processes, in rank order (N = B on one process). DetCon-B: EMA target projections
             (no grad); DetCon-S: the gathered online projections (with grad).
-        pred_ids1, pred_ids2: integer ``[B,K]`` mask ids of the prediction rows.
-        target_ids1, target_ids2: integer ``[N,K']`` mask ids of the target rows.
+        pred_ids_a, pred_ids_b: integer ``[B,K]`` mask ids of the prediction rows.
+        target_ids_a, target_ids_b: integer ``[N,K']`` mask ids of the target rows.
         temperature: softmax temperature tau (official 0.1).
         local_negatives: if False, other masks of the same image are not used as negatives.
         batch_offset: index in the target batch of this process's first image
@@ -224,25 +226,27 @@ def detcon_loss(
     Computed in ``promote_types(dtype, float32)`` with autocast disabled: under bf16/fp16
     autocast the result is float32, float64 inputs stay float64.
     """
-    ids = (pred_ids1, pred_ids2, target_ids1, target_ids2)
-    _validate(pred1, pred2, target1, target2, ids, temperature, batch_offset)
-    dtype = torch.promote_types(torch.promote_types(pred1.dtype, target1.dtype), torch.float32)
-    pid1, pid2, tid1, tid2 = (t.to(device=pred1.device, dtype=torch.long) for t in ids)
-    with torch.autocast(device_type=pred1.device.type, enabled=False):
+    ids = (pred_ids_a, pred_ids_b, target_ids_a, target_ids_b)
+    _validate(pred_a, pred_b, target_a, target_b, ids, temperature, batch_offset)
+    dtype = torch.promote_types(torch.promote_types(pred_a.dtype, target_a.dtype), torch.float32)
+    pid_a, pid_b, tid_a, tid_b = (t.to(device=pred_a.device, dtype=torch.long) for t in ids)
+    with torch.autocast(device_type=pred_a.device.type, enabled=False):
         common = (temperature, local_negatives, batch_offset)
         if distinct:  # normalised after grouping (a group mean of equal rows is each of them)
             cols = []  # each view's target groups, made and normalised once
-            for t, tid in ((target1, tid1), (target2, tid2)):
+            for t, tid in ((target_a, tid_a), (target_b, tid_b)):
                 vectors, *rest = _distinct(t.to(dtype), tid)
                 cols.append((_normalize(vectors), *rest))
-            q1, q2 = pred1.to(dtype), pred2.to(dtype)
-            loss_1 = _view_loss_distinct(q1, cols[1], cols[0], pid1, *common)
-            loss_2 = _view_loss_distinct(q2, cols[0], cols[1], pid2, *common)
+            q_a, q_b = pred_a.to(dtype), pred_b.to(dtype)
+            loss_a = _view_loss_distinct(q_a, cols[1], cols[0], pid_a, *common)
+            loss_b = _view_loss_distinct(q_b, cols[0], cols[1], pid_b, *common)
         else:
-            p1, p2, t1, t2 = (_normalize(x.to(dtype)) for x in (pred1, pred2, target1, target2))
-            loss_1 = _view_loss(p1, t2, t1, pid1, tid2, tid1, *common)
-            loss_2 = _view_loss(p2, t1, t2, pid2, tid1, tid2, *common)
-    return loss_1 + loss_2
+            p_a, p_b, t_a, t_b = (
+                _normalize(x.to(dtype)) for x in (pred_a, pred_b, target_a, target_b)
+            )
+            loss_a = _view_loss(p_a, t_b, t_a, pid_a, tid_b, tid_a, *common)
+            loss_b = _view_loss(p_b, t_a, t_b, pid_b, tid_a, tid_b, *common)
+    return loss_a + loss_b
 
 
 class DetConLoss(nn.Module):
@@ -260,18 +264,18 @@ class DetConLoss(nn.Module):
 
     def forward(
         self,
-        pred1: Tensor,
-        pred2: Tensor,
-        target1: Tensor,
-        target2: Tensor,
-        pred_ids1: Tensor,
-        pred_ids2: Tensor,
-        target_ids1: Tensor,
-        target_ids2: Tensor,
+        pred_a: Tensor,
+        pred_b: Tensor,
+        target_a: Tensor,
+        target_b: Tensor,
+        pred_ids_a: Tensor,
+        pred_ids_b: Tensor,
+        target_ids_a: Tensor,
+        target_ids_b: Tensor,
         batch_offset: int = 0,
     ) -> Tensor:
         return detcon_loss(
-            pred1, pred2, target1, target2, pred_ids1, pred_ids2, target_ids1, target_ids2,
+            pred_a, pred_b, target_a, target_b, pred_ids_a, pred_ids_b, target_ids_a, target_ids_b,
             temperature=self.temperature,
             local_negatives=self.local_negatives,
             batch_offset=batch_offset,
@@ -281,28 +285,28 @@ class DetConLoss(nn.Module):
         return f"temperature={self.temperature}, local_negatives={self.local_negatives}"
 
 
-def byol_loss(pred1: Tensor, pred2: Tensor, target1: Tensor, target2: Tensor) -> Tensor:
+def byol_loss(pred_a: Tensor, pred_b: Tensor, target_a: Tensor, target_b: Tensor) -> Tensor:
     """BYOL's normalised regression loss (Grill et al., 2020): no negatives.
 
     ``||n(p) - n(z)||^2 = 2 - 2 cos(p, z)`` between the online prediction of one view and the
     target projection of the other, with the official ``l2_normalize`` (``x * rsqrt(max(sum
     x^2, 1e-12))``, so a zero vector stays zero and its loss against a unit vector is 1, not
-    2), averaged over the batch and summed over the two directions (``pred1`` vs ``target2``,
-    ``pred2`` vs ``target1``), as the official ``regression_loss``. Range ``[0, 8]``.
+    2), averaged over the batch and summed over the two directions (``pred_a`` vs ``target_b``,
+    ``pred_b`` vs ``target_a``), as the official ``regression_loss``. Range ``[0, 8]``.
 
     Args:
-        pred1, pred2: ``[B, D]`` online predictions of views 1 and 2 (this process's rows).
-        target1, target2: ``[B, D]`` target projections of views 1 and 2 (the caller detaches
+        pred_a, pred_b: ``[B, D]`` online predictions of views a and b (this process's rows).
+        target_a, target_b: ``[B, D]`` target projections of views a and b (the caller detaches
             them). No gathering: each process's mean, averaged by DDP, is the global mean.
 
     Computed in ``promote_types(dtype, float32)`` with autocast disabled.
     """
-    shapes = [tuple(x.shape) for x in (pred1, pred2, target1, target2)]
-    if pred1.ndim != 2 or len(set(shapes)) != 1 or pred1.shape[0] == 0:
+    shapes = [tuple(x.shape) for x in (pred_a, pred_b, target_a, target_b)]
+    if pred_a.ndim != 2 or len(set(shapes)) != 1 or pred_a.shape[0] == 0:
         raise ValueError(f"byol_loss expects four [B,D] tensors of one shape, got {shapes}")
-    dtype = torch.promote_types(torch.promote_types(pred1.dtype, target1.dtype), torch.float32)
-    with torch.autocast(device_type=pred1.device.type, enabled=False):
-        p1, p2, t1, t2 = (_normalize(x.to(dtype)) for x in (pred1, pred2, target1, target2))
-        loss_1 = (p1 - t2).square().sum(-1).mean()  # [B] -> scalar
-        loss_2 = (p2 - t1).square().sum(-1).mean()
-    return loss_1 + loss_2
+    dtype = torch.promote_types(torch.promote_types(pred_a.dtype, target_a.dtype), torch.float32)
+    with torch.autocast(device_type=pred_a.device.type, enabled=False):
+        p_a, p_b, t_a, t_b = (_normalize(x.to(dtype)) for x in (pred_a, pred_b, target_a, target_b))
+        loss_a = (p_a - t_b).square().sum(-1).mean()  # [B] -> scalar
+        loss_b = (p_b - t_a).square().sum(-1).mean()
+    return loss_a + loss_b
