@@ -10,7 +10,7 @@ from PIL import Image
 
 from detcon import loggers
 from detcon.config import load_config
-from detcon.metrics_log import MetricsWriter
+from detcon.run_metrics import MetricsWriter
 
 RECORDS = [
     {"step": 2, "epoch": 0, "loss": 2.5, "lr": 0.1},
@@ -194,7 +194,7 @@ def test_mlflow_in_the_run_folder(monkeypatch, tmp_path):
 
 
 def test_smoothed_and_loss_trend_by_hand(tmp_path):
-    from detcon.metrics_log import loss_trend, smoothed
+    from detcon.run_metrics import loss_trend, smoothed
 
     assert smoothed([1.0, 3.0, 5.0, 7.0], 2) == [1.0, 2.0, 4.0, 6.0]
     path = tmp_path / "metrics.jsonl"

@@ -175,7 +175,7 @@ def test_logging_to_a_closed_stderr_does_not_raise(monkeypatch):
     import io
     import logging
 
-    from detcon.metrics_log import setup_logging
+    from detcon.logs import setup_logging
 
     setup_logging()
     closed = io.StringIO()

@@ -112,7 +112,7 @@ def test_cli_bad_key_is_a_clear_error(capsys):
 
 
 def test_metrics_file_keeps_one_history(tmp_path):
-    from detcon.metrics_log import MetricsWriter
+    from detcon.run_metrics import MetricsWriter
 
     old = [{"step": s, "loss": float(s)} for s in (2, 4, 6)]
     (tmp_path / "metrics.jsonl").write_text(

@@ -18,14 +18,14 @@ from detcon import distributed as dist
 from detcon.config import Config, RunPlan, resolve, save_yaml
 from detcon.data.loader import build_dataset, build_loader, num_classes
 from detcon.fileio import remove_stale_temps
-from detcon.metrics_log import (
+from detcon.logs import setup_logging
+from detcon.run_metrics import (
     MetricsWriter,
     Throughput,
     memory_mb,
     read_metrics,
     save_loss_curve,
     save_mask_figure,
-    setup_logging,
 )
 from detcon.runs import (
     ResumeMismatchError,

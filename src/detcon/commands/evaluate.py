@@ -227,7 +227,7 @@ def _available_workers(requested: int) -> int:
 
 def run(args) -> int:
     from detcon.evaluation.common import save_outputs
-    from detcon.metrics_log import setup_logging
+    from detcon.logs import setup_logging
 
     setup_logging()  # the one logging set-up (rank-0 filter, survives a closed pipe)
     cfg = config_from_args(args, workers=_available_workers(args.workers))

@@ -29,7 +29,7 @@ def add_parser(subparsers) -> None:
 
 def run(args) -> int:
     from detcon import checkpoint, official
-    from detcon.metrics_log import setup_logging
+    from detcon.logs import setup_logging
 
     setup_logging()
     log = logging.getLogger("detcon.import")

@@ -119,7 +119,7 @@ def wants_auto_settings(args) -> bool:
 
 def run(args) -> int:
     from detcon.config import ConfigError, load_config, recipe_names
-    from detcon.metrics_log import setup_logging
+    from detcon.logs import setup_logging
 
     setup_logging()
     log = logging.getLogger("detcon.pretrain")
@@ -220,7 +220,7 @@ def trend_note(run_dir, steps: int) -> str:
     show learning (measured: a run with 10x the learning rate logs nearly the same values)."""
     from pathlib import Path
 
-    from detcon.metrics_log import loss_trend
+    from detcon.run_metrics import loss_trend
 
     path = Path(run_dir) / "metrics.jsonl"
     trend = loss_trend(path) if path.is_file() else None
