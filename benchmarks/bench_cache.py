@@ -107,8 +107,14 @@ def build(tmp: Path, maps: list[np.ndarray], n: int, part_size: int) -> dict:
         t0 = time.perf_counter()  # what the one parent process does: append, commit, merge
         for j in range(0, n, part_size):
             chunk = paths[j : j + part_size]
-            w = PartWriter(packed.folder, j // part_size, -(-n // part_size), gen.name,
-                           gen.params, [packed.key(p) for p in chunk])  # fmt: skip
+            w = PartWriter(
+                packed.folder,
+                j // part_size,
+                -(-n // part_size),
+                gen.name,
+                gen.params,
+                [packed.key(p) for p in chunk],
+            )
             for rec in records[j : j + part_size]:
                 w.add(rec)
             w.commit()
@@ -320,8 +326,10 @@ def main(argv=None) -> dict:
     res["projection_64_cores"] = proj
 
     print(f"{n} FH maps of {res['map_pixels_mean'] / 1e3:.0f}k px, {args.rounds} rounds (medians)")
-    print("| layout | files | MB (allocated) | write maps/s (files: put; packed: parent's part writes) "
-          "| read cold maps/s | read warm maps/s |")  # fmt: skip
+    print(
+        "| layout | files | MB (allocated) | write maps/s (files: put; packed: parent's part writes) "
+        "| read cold maps/s | read warm maps/s |"
+    )
     print("|---|---|---|---|---|---|")
     for lay, _ in LAYOUTS:
         d = res["disk"][lay]
@@ -337,8 +345,11 @@ def main(argv=None) -> dict:
         f"one core, ms per image (medians of {args.rounds} alternated rounds), wall / CPU time; "
         f"load average {res['load_average'][0]:.1f} on {res['cpu_count']} cores at the end:"
     )
-    for label, name in (("FH kernel", "fh"), ("JPEG decode", "decode"),
-                        ("decode + FH + encode + part write", "end_to_end")):  # fmt: skip
+    for label, name in (
+        ("FH kernel", "fh"),
+        ("JPEG decode", "decode"),
+        ("decode + FH + encode + part write", "end_to_end"),
+    ):
         print(f"  {label}: {1e3 / rate[name]:.1f} / {1e3 / rate[name + '_cpu']:.1f}")
     print(f"  zlib encode: {1e3 / enc['']:.2f} / {1e3 / enc['_cpu']:.2f}")
     print(

@@ -59,8 +59,13 @@ def one(method: str, B: int, K: int, D: int, reps: int, threads: int) -> dict:
         times.append(time.perf_counter() - t0)
         p1.grad = p2.grad = None
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {"method": method, "B": B, "seconds": statistics.median(times[1:]), "rss_mb": rss_mb,
-            "loss": float(loss)}  # fmt: skip
+    return {
+        "method": method,
+        "B": B,
+        "seconds": statistics.median(times[1:]),
+        "rss_mb": rss_mb,
+        "loss": float(loss),
+    }
 
 
 def main(argv=None) -> list[dict]:
@@ -80,22 +85,41 @@ def main(argv=None) -> list[dict]:
     rows = []
     for B in args.batches:
         for method in METHODS:
-            cmd = [sys.executable, __file__, "--_one", method, str(B), "--K", str(args.K),
-                   "--D", str(args.D), "--reps", str(args.reps), "--threads", str(args.threads)]  # fmt: skip
+            cmd = [
+                sys.executable,
+                __file__,
+                "--_one",
+                method,
+                str(B),
+                "--K",
+                str(args.K),
+                "--D",
+                str(args.D),
+                "--reps",
+                str(args.reps),
+                "--threads",
+                str(args.threads),
+            ]
             out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
             rows.append(json.loads(out.strip().splitlines()[-1]))
     print(f"DetCon_B loss fwd+bwd, K={args.K}, D={args.D}, {args.threads} thread(s), 3-7 regions")
-    print(f"{'B':>6} {'official s':>11} {'distinct s':>11} {'time ratio':>10} "
-          f"{'official MB':>12} {'distinct MB':>12} {'|dloss|':>9}")  # fmt: skip
+    print(
+        f"{'B':>6} {'official s':>11} {'distinct s':>11} {'time ratio':>10} "
+        f"{'official MB':>12} {'distinct MB':>12} {'|dloss|':>9}"
+    )
     for B in args.batches:
         o, d = (next(r for r in rows if r["B"] == B and r["method"] == m) for m in METHODS)
-        print(f"{B:>6} {o['seconds']:>11.4f} {d['seconds']:>11.4f} "
-              f"{d['seconds'] / o['seconds']:>10.3f} {o['rss_mb']:>12.0f} {d['rss_mb']:>12.0f} "
-              f"{abs(o['loss'] - d['loss']):>9.2e}")  # fmt: skip
+        print(
+            f"{B:>6} {o['seconds']:>11.4f} {d['seconds']:>11.4f} "
+            f"{d['seconds'] / o['seconds']:>10.3f} {o['rss_mb']:>12.0f} {d['rss_mb']:>12.0f} "
+            f"{abs(o['loss'] - d['loss']):>9.2e}"
+        )
     # the official logits at the official scale: [B*K, 2*N*K] fp32 per view and process
     B, N, K = 4096 // 8, 4096, args.K
-    print(f"official logits per process and view at global batch 4096 on 8 processes: "
-          f"{B * K * 2 * N * K * 4 / 1e9:.1f} GB")  # fmt: skip
+    print(
+        f"official logits per process and view at global batch 4096 on 8 processes: "
+        f"{B * K * 2 * N * K * 4 / 1e9:.1f} GB"
+    )
     if args.json:
         from detcon.fileio import atomic_write
 

@@ -35,11 +35,27 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import scenes  # noqa: E402  (the one Debian package fetcher of the benchmarks)
 
 OPENCV_PHOTOS = [
-    "aero1.jpg", "aloeL.jpg", "apple.jpg", "baboon.jpg", "board.jpg", "building.jpg",
-    "butterfly.jpg", "ela_original.jpg", "fruits.jpg", "graf1.png", "HappyFish.jpg", "home.jpg",
-    "left.jpg", "leuvenA.jpg", "licenseplate_motion.jpg", "messi5.jpg", "orange.jpg",
-    "rubberwhale1.png", "squirrel_cls.jpg", "starry_night.jpg",
-]  # fmt: skip
+    "aero1.jpg",
+    "aloeL.jpg",
+    "apple.jpg",
+    "baboon.jpg",
+    "board.jpg",
+    "building.jpg",
+    "butterfly.jpg",
+    "ela_original.jpg",
+    "fruits.jpg",
+    "graf1.png",
+    "HappyFish.jpg",
+    "home.jpg",
+    "left.jpg",
+    "leuvenA.jpg",
+    "licenseplate_motion.jpg",
+    "messi5.jpg",
+    "orange.jpg",
+    "rubberwhale1.png",
+    "squirrel_cls.jpg",
+    "starry_night.jpg",
+]
 
 
 def fetch_opencv_photos() -> list[Path]:
@@ -108,16 +124,23 @@ def main(argv=None) -> int:
     files = benchmark_images(args.max_images)
     images = [load_rgb_array(f) for f in files]
     mpx = sum(im.shape[0] * im.shape[1] for im in images) / 1e6
-    print(f"{len(images)} photographs, {mpx:.1f} Mpx total, median side "
-          f"{int(np.median([max(im.shape[:2]) for im in images]))} px; {machine()}")  # fmt: skip
+    print(
+        f"{len(images)} photographs, {mpx:.1f} Mpx total, median side "
+        f"{int(np.median([max(im.shape[:2]) for im in images]))} px; {machine()}"
+    )
 
     rows = []
 
     def add(name, seconds, n=None, workers=1, maps=None, agree=None):
         n = len(images) if n is None else n
-        row = {"method": name, "workers": workers, "images": n, "seconds": round(seconds, 3),
-               "images_per_s": round(n / seconds, 3),
-               "images_per_s_per_core": round(n / seconds / workers, 3)}  # fmt: skip
+        row = {
+            "method": name,
+            "workers": workers,
+            "images": n,
+            "seconds": round(seconds, 3),
+            "images_per_s": round(n / seconds, 3),
+            "images_per_s_per_core": round(n / seconds / workers, 3),
+        }
         if maps is not None:
             row["segments_median"] = float(np.median([int(m.max()) + 1 for m in maps]))
         if agree is not None:

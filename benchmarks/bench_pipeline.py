@@ -48,14 +48,18 @@ def plain_byol_pipeline(size: int = 224):
 
     def view(which):
         blur_p, sol_p = ((1.0, 0.0), (0.1, 0.2))[which]
-        return v2.Compose([
-            v2.PILToTensor(),
-            v2.RandomResizedCrop(size, interpolation=v2.InterpolationMode.BICUBIC, antialias=True),
-            v2.RandomHorizontalFlip(),
-            _photometric(size, blur_p, sol_p, 0.8, 0.2),
-            v2.ToDtype(torch.float32, scale=True),
-            v2.Normalize(IMAGENET_MEAN, IMAGENET_STD),
-        ])  # fmt: skip
+        return v2.Compose(
+            [
+                v2.PILToTensor(),
+                v2.RandomResizedCrop(
+                    size, interpolation=v2.InterpolationMode.BICUBIC, antialias=True
+                ),
+                v2.RandomHorizontalFlip(),
+                _photometric(size, blur_p, sol_p, 0.8, 0.2),
+                v2.ToDtype(torch.float32, scale=True),
+                v2.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+            ]
+        )
 
     view_a, view_b = view(0), view(1)
     return lambda image: (view_a(image), view_b(image))
@@ -94,8 +98,10 @@ def device_mode_benchmark(files, cache, args) -> dict:
             if r > 0:
                 rates[name].append(len(files) / (time.perf_counter() - start))
         if r > 0:
-            print(f"  round {r}/{args.rounds}: " + ", ".join(
-                f"{n} {rates[n][-1]:.1f} img/s" for n in names))  # fmt: skip
+            print(
+                f"  round {r}/{args.rounds}: "
+                + ", ".join(f"{n} {rates[n][-1]:.1f} img/s" for n in names)
+            )
     base = rates[names[0]]
     worker = {
         "rates": rates,
@@ -226,17 +232,25 @@ def main(argv=None) -> int:
     base = len(files) / best["plain BYOL two-view"]
     for name, seconds in best.items():
         rate = len(files) / seconds
-        rows.append({"pipeline": name, "images": len(files), "best_seconds": round(seconds, 3),
-                     "images_per_s_per_core": round(rate, 2),
-                     "relative_to_plain": round(rate / base, 3)})  # fmt: skip
+        rows.append(
+            {
+                "pipeline": name,
+                "images": len(files),
+                "best_seconds": round(seconds, 3),
+                "images_per_s_per_core": round(rate, 2),
+                "relative_to_plain": round(rate / base, 3),
+            }
+        )
     print(
         f"{len(files)} photographs, views {args.image_size}px, 1 process, "
         f"detcon photometric={args.photometric} antialias={args.antialias}; {machine()}"
     )
     print(f"  {'pipeline':<34} {'img/s/core':>10} {'vs plain':>9}")
     for row in rows:
-        print(f"  {row['pipeline']:<34} {row['images_per_s_per_core']:>10.2f} "
-              f"{row['relative_to_plain']:>9.3f}")  # fmt: skip
+        print(
+            f"  {row['pipeline']:<34} {row['images_per_s_per_core']:>10.2f} "
+            f"{row['relative_to_plain']:>9.3f}"
+        )
     if args.json:
         out = {
             "machine": machine(),

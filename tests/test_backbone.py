@@ -33,8 +33,13 @@ def _count_reference(block: str, layers, width=1) -> int:
 
 def test_names_and_unknown_name_error():
     assert backbone_names() == [
-        "resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnet200"
-    ]  # fmt: skip
+        "resnet18",
+        "resnet34",
+        "resnet50",
+        "resnet101",
+        "resnet152",
+        "resnet200",
+    ]
     with pytest.raises(ValueError, match="resnet50"):
         build_backbone("resnet51")
     with pytest.raises(ValueError, match="width_multiplier"):

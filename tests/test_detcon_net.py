@@ -19,9 +19,13 @@ def _inputs(b=2, k=3, seed=0):
 
 def _net(predictor=True, **kw):
     return DetConNet(
-        build_backbone("resnet18"), proj_hidden=32, proj_dim=16, predictor=predictor,
-        pred_hidden=24, **kw,
-    )  # fmt: skip
+        build_backbone("resnet18"),
+        proj_hidden=32,
+        proj_dim=16,
+        predictor=predictor,
+        pred_hidden=24,
+        **kw,
+    )
 
 
 def test_mlp_structure_and_batchnorm_over_all_vectors():

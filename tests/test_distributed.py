@@ -66,9 +66,17 @@ def _worker(rank, port, out_dir):
         proj.retain_grad()
         targets = distributed.all_gather(proj.transpose(0, 1), grad=True)  # [N,2,K,D]
         loss_s = detcon_loss(
-            proj[0], proj[1], targets[:, 0], targets[:, 1], id1, id2, tid1, tid2,
-            batch_offset=r * B, temperature=0.2,
-        )  # fmt: skip
+            proj[0],
+            proj[1],
+            targets[:, 0],
+            targets[:, 1],
+            id1,
+            id2,
+            tid1,
+            tid2,
+            batch_offset=r * B,
+            temperature=0.2,
+        )
         loss_s.backward()
         res |= {"loss_s": loss_s.detach(), "grad_proj": proj.grad}
         res |= {"grad_w": model.module.weight.grad, "grad_b": model.module.bias.grad}

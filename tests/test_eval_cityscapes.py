@@ -136,10 +136,28 @@ def test_layout_errors_and_detection(tmp_path):
 
 def _argv(ck, root, out, *extra):
     return [
-        "eval", "segment", "--checkpoint", str(ck), "--data", str(root), "--mode", "linear",
-        "--image-size", "32", "--batch-size", "2", "--epochs", "1", "--workers", "0",
-        "--device", "cpu", "--out", str(out), *extra,
-    ]  # fmt: skip
+        "eval",
+        "segment",
+        "--checkpoint",
+        str(ck),
+        "--data",
+        str(root),
+        "--mode",
+        "linear",
+        "--image-size",
+        "32",
+        "--batch-size",
+        "2",
+        "--epochs",
+        "1",
+        "--workers",
+        "0",
+        "--device",
+        "cpu",
+        "--out",
+        str(out),
+        *extra,
+    ]
 
 
 def test_segment_cli_cityscapes_auto_detected(tmp_path, capsys):

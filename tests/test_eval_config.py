@@ -114,9 +114,26 @@ def test_library_call_with_keywords_equals_the_cli(tmp_path):
     data = make_image_folder(tmp_path / "data", n_per_class=3)
     ck = make_checkpoint(tmp_path / "ck.pt")
     out = tmp_path / "knn.json"
-    argv = ["eval", "knn", "--checkpoint", str(ck), "--data", str(data), "--image-size", "32",
-            "--batch-size", "9", "--workers", "0", "--device", "cpu", "--k", "2",
-            "--out", str(out)]  # fmt: skip
+    argv = [
+        "eval",
+        "knn",
+        "--checkpoint",
+        str(ck),
+        "--data",
+        str(data),
+        "--image-size",
+        "32",
+        "--batch-size",
+        "9",
+        "--workers",
+        "0",
+        "--device",
+        "cpu",
+        "--k",
+        "2",
+        "--out",
+        str(out),
+    ]
     assert main(argv) == 0
     cfg = KnnEvalConfig(
         checkpoint=ck, data=data, image_size=32, batch_size=9, workers=0, device="cpu", k=2

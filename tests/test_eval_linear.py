@@ -72,8 +72,22 @@ def test_too_many_workers_is_one_warning(tmp_path, caplog, monkeypatch):
     data = make_image_folder(tmp_path / "data")
     ck = make_checkpoint(tmp_path / "ck.pt")
     monkeypatch.setattr(evaluate.os, "sched_getaffinity", lambda pid: {0}, raising=False)
-    args = ["eval", "knn", "--checkpoint", str(ck), "--data", str(data), "--image-size", "32",
-            "--batch-size", "9", "--workers", "64", "--device", "cpu"]  # fmt: skip
+    args = [
+        "eval",
+        "knn",
+        "--checkpoint",
+        str(ck),
+        "--data",
+        str(data),
+        "--image-size",
+        "32",
+        "--batch-size",
+        "9",
+        "--workers",
+        "64",
+        "--device",
+        "cpu",
+    ]
     with warnings.catch_warnings(record=True) as seen:
         warnings.simplefilter("always")
         assert main(args) == 0

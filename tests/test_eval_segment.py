@@ -149,8 +149,17 @@ def test_confusion_figure_is_row_normalised(tmp_path):
     drawn = np.asarray(fig.axes[0].images[0].get_array())
     expected = [[0.75, 0.25, 0.0], [0.0, 0.0, 0.0], [0.25, 0.25, 0.5]]  # by hand
     assert np.allclose(drawn, expected)
-    assert [t.get_text() for t in fig.axes[0].texts] == ["75", "25", "0", "0", "0", "0",
-                                                         "25", "25", "50"]  # fmt: skip
+    assert [t.get_text() for t in fig.axes[0].texts] == [
+        "75",
+        "25",
+        "0",
+        "0",
+        "0",
+        "0",
+        "25",
+        "25",
+        "50",
+    ]
     path = save_figure(fig, tmp_path / "cm.png")
     with Image.open(path) as png:
         assert png.format == "PNG"

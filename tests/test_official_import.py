@@ -253,10 +253,17 @@ def test_resnet18_npy_merged_forward_matches_haiku(tmp_path):
     # the official ResNet18 has a projection on block_group_0/block_0: an extra downsample
     assert net.official_info["layer1_projection"] is True
     extra = set(net.state_dict()) - set(build_backbone("resnet18").state_dict())
-    assert extra == {f"layer1.0.downsample.{k}" for k in (
-        "0.weight", "1.weight", "1.bias", "1.running_mean", "1.running_var",
-        "1.num_batches_tracked",
-    )}  # fmt: skip
+    assert extra == {
+        f"layer1.0.downsample.{k}"
+        for k in (
+            "0.weight",
+            "1.weight",
+            "1.bias",
+            "1.running_mean",
+            "1.running_var",
+            "1.num_batches_tracked",
+        )
+    }
     assert int(net.bn1.num_batches_tracked) == 7
     _check_forward(net, params, state, "res_net18")
 

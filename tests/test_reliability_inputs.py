@@ -521,10 +521,24 @@ def test_a_mask_cache_of_another_folder_is_refused_up_front(tmp_path, capsys):
             Image.fromarray(img).save(folder / f"{folder.name}{i}.png")
     cache = tmp_path / "cache_a"
     assert main(["masks", str(a), "--out", str(cache), "--method", "grid", "--quiet"]) == 0
-    tiny = ["--backbone", "resnet18", "--image-size", "64", "--batch-size", "4", "--steps", "1",
-            "model.proj_hidden=32", "model.proj_dim=16", "model.pred_hidden=32",
-            "masks.num_masks=2", "train.device=cpu", "train.progress=false",
-            "data.num_workers=0", "train.channels_last=false"]  # fmt: skip
+    tiny = [
+        "--backbone",
+        "resnet18",
+        "--image-size",
+        "64",
+        "--batch-size",
+        "4",
+        "--steps",
+        "1",
+        "model.proj_hidden=32",
+        "model.proj_dim=16",
+        "model.pred_hidden=32",
+        "masks.num_masks=2",
+        "train.device=cpu",
+        "train.progress=false",
+        "data.num_workers=0",
+        "train.channels_last=false",
+    ]
     run = tmp_path / "run"
     rc = main(["pretrain", "--data", str(b), "--masks", str(cache), "--out", str(run), *tiny])
     assert rc == 2 and not run.exists()
@@ -532,8 +546,19 @@ def test_a_mask_cache_of_another_folder_is_refused_up_front(tmp_path, capsys):
     ok = main(["pretrain", "--data", str(a), "--masks", str(cache), "--out", str(run), *tiny])
     assert ok == 0  # the folder it was built for is covered
     with pytest.warns(UserWarning, match="mask missing or stale in cache, computing it"):
-        rc = main(["pretrain", "--data", str(b), "--masks", str(cache), "--out",
-                   str(tmp_path / "r2"), *tiny, "masks.compute_missing=true"])  # fmt: skip
+        rc = main(
+            [
+                "pretrain",
+                "--data",
+                str(b),
+                "--masks",
+                str(cache),
+                "--out",
+                str(tmp_path / "r2"),
+                *tiny,
+                "masks.compute_missing=true",
+            ]
+        )
     assert rc == 0
 
 

@@ -275,11 +275,18 @@ class DetConLoss(nn.Module):
         batch_offset: int = 0,
     ) -> Tensor:
         return detcon_loss(
-            pred_a, pred_b, target_a, target_b, pred_ids_a, pred_ids_b, target_ids_a, target_ids_b,
+            pred_a,
+            pred_b,
+            target_a,
+            target_b,
+            pred_ids_a,
+            pred_ids_b,
+            target_ids_a,
+            target_ids_b,
             temperature=self.temperature,
             local_negatives=self.local_negatives,
             batch_offset=batch_offset,
-        )  # fmt: skip
+        )
 
     def extra_repr(self) -> str:
         return f"temperature={self.temperature}, local_negatives={self.local_negatives}"

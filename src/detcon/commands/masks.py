@@ -214,9 +214,15 @@ def _make_map(path: str) -> tuple[str, np.ndarray | str]:
 
 
 def generate_masks(
-    files, generator, cache, workers: int = 1, chunksize: int = 4, progress=True, skipped=(),
+    files,
+    generator,
+    cache,
+    workers: int = 1,
+    chunksize: int = 4,
+    progress=True,
+    skipped=(),
     max_pixels: int = 0,
-):  # fmt: skip
+):
     """Compute the maps of ``files`` into ``cache`` with ``workers`` processes.
 
     ``workers <= 1`` runs in this process (no pickling; exceptions propagate). Returns
@@ -260,9 +266,17 @@ def generate_masks(
 
 
 def generate_packed(
-    files, generator, cache, parts=None, part_size: int | None = None, workers: int = 1,
-    progress=True, skipped=(), max_pixels: int = 0, codec: str = "zlib",
-):  # fmt: skip
+    files,
+    generator,
+    cache,
+    parts=None,
+    part_size: int | None = None,
+    workers: int = 1,
+    progress=True,
+    skipped=(),
+    max_pixels: int = 0,
+    codec: str = "zlib",
+):
     """Compute the maps of ``files`` (the whole sorted listing) into the packed ``cache``
     (:class:`~detcon.masks.packed.PackedMaskCache`), part by part: part ``j`` holds images
     ``j * part_size .. (j + 1) * part_size - 1``; ``parts``: the part numbers to do (default
@@ -427,9 +441,14 @@ def run(args) -> int:
         print(f"removed {stale} temporary file(s) of an interrupted run")
     workers, max_pixels = _workers_and_limit(args, generator, len(files), cache.folder)
     stats = generate_masks(
-        files, generator, cache, workers, progress=not args.quiet, skipped=scan_skipped,
+        files,
+        generator,
+        cache,
+        workers,
+        progress=not args.quiet,
+        skipped=scan_skipped,
         max_pixels=max_pixels,
-    )  # fmt: skip
+    )
     return _report(stats, cache.root, args)
 
 
@@ -492,9 +511,17 @@ def _run_packed(args, data, files, scan_skipped, generator, part_size: int) -> i
         workers, max_pixels = _workers_and_limit(args, generator, mine, cache.folder)
         print(f"packed: {len(parts)} of {total} parts of {part_size} images")
         stats = generate_packed(
-            files, generator, cache, parts, part_size, workers, progress=not args.quiet,
-            skipped=scan_skipped, max_pixels=max_pixels, codec=args.codec,
-        )  # fmt: skip
+            files,
+            generator,
+            cache,
+            parts,
+            part_size,
+            workers,
+            progress=not args.quiet,
+            skipped=scan_skipped,
+            max_pixels=max_pixels,
+            codec=args.codec,
+        )
         code = _report(stats, cache.root, args)
         if code:
             return code

@@ -177,9 +177,17 @@ def encode_map(key: str, labels: np.ndarray, stat: os.stat_result, codec: str = 
     if codec == "zlib":
         data = zlib.compress(data, _ZLIB_LEVEL)
     return Record(
-        key, data, dtype.itemsize, CODECS[codec], zlib.crc32(data), hi + 1,
-        labels.shape[0], labels.shape[1], int(stat.st_size), int(stat.st_mtime_ns),
-    )  # fmt: skip
+        key,
+        data,
+        dtype.itemsize,
+        CODECS[codec],
+        zlib.crc32(data),
+        hi + 1,
+        labels.shape[0],
+        labels.shape[1],
+        int(stat.st_size),
+        int(stat.st_mtime_ns),
+    )
 
 
 def decode(row, data: bytes) -> np.ndarray:
@@ -221,9 +229,23 @@ class PartWriter:
         self._f.write(rec.data)
         h1, h2 = key_hash(rec.key)
         self._rows.append(
-            (h1, h2, self.part, rec.code, rec.codec, 0, offset, len(rec.data), rec.crc,
-             rec.segments, rec.height, rec.width, rec.file_size, rec.mtime_ns)
-        )  # fmt: skip
+            (
+                h1,
+                h2,
+                self.part,
+                rec.code,
+                rec.codec,
+                0,
+                offset,
+                len(rec.data),
+                rec.crc,
+                rec.segments,
+                rec.height,
+                rec.width,
+                rec.file_size,
+                rec.mtime_ns,
+            )
+        )
         self._keys.append(rec.key)
 
     def skip(self, key: str, reason: str) -> None:
@@ -264,10 +286,18 @@ class PartWriter:
         crc = zlib.crc32(idx_b, zlib.crc32(meta_b))
         f.write(
             FOOTER.pack(
-                keys_off, len(keys), meta_off, len(meta_b), idx_off, len(index), uid, crc,
-                VERSION, MAGIC_END,
+                keys_off,
+                len(keys),
+                meta_off,
+                len(meta_b),
+                idx_off,
+                len(index),
+                uid,
+                crc,
+                VERSION,
+                MAGIC_END,
             )
-        )  # fmt: skip
+        )
         f.close()
         self._cm.__exit__(None, None, None)  # fsync + rename
         return self.path

@@ -163,9 +163,13 @@ class PartAssembler:
         if w is not None:
             return w
         w = PartWriter(
-            self.cache.folder, plan.part, self.total_parts, self.cache.name, self.cache.params,
+            self.cache.folder,
+            plan.part,
+            self.total_parts,
+            self.cache.name,
+            self.cache.params,
             plan.keys,
-        )  # fmt: skip
+        )
         self._writers[plan.part] = w
         for key, row, src in plan.copy:
             data = os.pread(self._source(src), int(row["nbytes"]), int(row["offset"]))
@@ -173,11 +177,18 @@ class PartAssembler:
                 raise CorruptCacheError(f"{src}: changed while this run copied from it")
             w.add(
                 Record(
-                    key, data, int(row["code"]), int(row["codec"]), int(row["crc"]),
-                    int(row["segments"]), int(row["height"]), int(row["width"]),
-                    int(row["file_size"]), int(row["mtime_ns"]),
+                    key,
+                    data,
+                    int(row["code"]),
+                    int(row["codec"]),
+                    int(row["crc"]),
+                    int(row["segments"]),
+                    int(row["height"]),
+                    int(row["width"]),
+                    int(row["file_size"]),
+                    int(row["mtime_ns"]),
                 )
-            )  # fmt: skip
+            )
         return w
 
     def add(self, path: str, status: str, value, rec: Record | None) -> None:

@@ -366,9 +366,12 @@ def set_padding_(backbone: nn.Module, padding: str) -> nn.Module:
                 new = _conv_sharing(nn.Conv2d, child)
             elif isinstance(child, SameMaxPool2d):
                 new = nn.MaxPool2d(
-                    child.kernel_size, child.stride, child.padding, child.dilation,
+                    child.kernel_size,
+                    child.stride,
+                    child.padding,
+                    child.dilation,
                     ceil_mode=child.ceil_mode,
-                )  # fmt: skip
+                )
                 new.train(child.training)
             if new is not None:
                 setattr(parent, name, new)

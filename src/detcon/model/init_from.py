@@ -84,8 +84,13 @@ def init_from_(net: nn.Module, path: str | Path, strict: bool = True) -> dict:
             load.update({k: state[k] for k in keys})
             heads.append(head)
     net.load_state_dict({**own, **load}, strict=True)
-    report = {"kind": info["kind"], "loaded": len(load), "missing": missing,
-              "unexpected": unexpected, "heads": heads}  # fmt: skip
+    report = {
+        "kind": info["kind"],
+        "loaded": len(load),
+        "missing": missing,
+        "unexpected": unexpected,
+        "heads": heads,
+    }
     log.info(
         "initialised from %s (%s): %d tensors, heads %s%s",
         path,
