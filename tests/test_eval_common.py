@@ -125,6 +125,7 @@ def test_write_result_and_unchanged_check(tmp_path):
         assert_unchanged(net, before)
 
 
+@pytest.mark.slow
 def test_backbone_from_checkpoint_is_strict_and_keeps_the_padding(tmp_path):
     ck = make_checkpoint(tmp_path / "ck.pt")
     raw = ckpt_io.load(ck)

@@ -95,6 +95,7 @@ def test_1x_schedule():
     assert lr_factor(80_000, 90_000, 1000) == pytest.approx(0.01)
 
 
+@pytest.mark.slow
 def test_detect_cli_tiny(tmp_path):
     ann = make_coco(tmp_path)
     ck = make_checkpoint(tmp_path / "ck.pt")

@@ -73,6 +73,7 @@ def test_dilated_fcn_output_stride_8_same_weights():
     assert model(torch.zeros(1, 3, 40, 56)).shape == (1, 5, 40, 56)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["linear", "finetune"])
 def test_segment_cli(tmp_path, mode):
     root = make_voc(tmp_path / "voc")

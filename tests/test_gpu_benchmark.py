@@ -7,12 +7,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import gpu_benchmark  # noqa: E402
 
 
+@pytest.mark.slow
 def test_dry_run_end_to_end(tmp_path):
     out = tmp_path / "gpu.json"
     proc = subprocess.run(

@@ -25,6 +25,7 @@ def official_r50(tmp_path_factory):
     return _np_save_dict(path, _merged(params, state))
 
 
+@pytest.mark.slow
 def test_import_then_export_torchvision_loads_strictly(official_r50, tmp_path):
     import torchvision
 
@@ -81,6 +82,7 @@ def test_init_from_state_dict_strict_and_report(tmp_path):
     assert report["missing"] and report["loaded"] > 0
 
 
+@pytest.mark.slow
 def test_pretraining_starts_from_an_imported_checkpoint(official_r50, tmp_path):
     from detcon.train import train
 

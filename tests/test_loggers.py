@@ -170,6 +170,7 @@ def test_wandb_offline(monkeypatch, tmp_path):
     assert next(runs[0].glob("*.wandb")).stat().st_size > 0
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # sqlalchemy, inside mlflow
 def test_mlflow_in_the_run_folder(monkeypatch, tmp_path):
     pytest.importorskip("mlflow")

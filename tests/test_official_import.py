@@ -351,6 +351,7 @@ def fake_byol_modules():
                 sys.modules[n] = saved[n]
 
 
+@pytest.mark.slow
 def test_byol_pickle_online_and_target(tmp_path, fake_byol_modules):
     exp_state, lars = fake_byol_modules
     heads = {"projector": (512, 32, 8), "predictor": (8, 32, 8)}

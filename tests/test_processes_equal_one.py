@@ -20,6 +20,8 @@ from tiny import TINY_TRAIN
 from detcon import checkpoint
 from detcon.config import load_config
 
+pytestmark = pytest.mark.slow  # two gloo processes each
+
 STEPS = 5
 OVERRIDES = TINY_TRAIN + [
     "data.data=synthetic:16",  # blocky maps of 2-12 regions, like FH on real photographs

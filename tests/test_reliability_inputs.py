@@ -174,6 +174,7 @@ def test_masks_on_a_folder_without_images_is_exit_2_and_leaves_no_cache(tmp_path
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_pretrain_on_a_folder_without_images_or_only_unreadable_ones_is_exit_2(tmp_path):
     from detcon.data.datasets import ImageFolderDataset, NoImagesError, UnreadableImagesError
 
@@ -278,6 +279,7 @@ def test_known_mask_specs_still_resolve(tmp_path):
         resolve_masks("coco")
 
 
+@pytest.mark.slow
 def test_pretrain_cli_unknown_masks_is_one_line(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "detcon", "pretrain", "--masks", "cache_nope", "--steps", "1"]
@@ -506,6 +508,7 @@ def test_pretrain_steps_and_epochs_must_be_positive(capsys):
         assert "must be >= 1" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_a_mask_cache_of_another_folder_is_refused_up_front(tmp_path, capsys):
     import numpy as np
     from PIL import Image

@@ -106,6 +106,7 @@ def test_fresh_folders_and_stale_temps_alone_are_not_a_run(tmp_path):
 # ---------------------------------------------------------------- 2: --resume never restarts
 
 
+@pytest.mark.slow
 def test_resume_falls_back_to_the_newest_kept_checkpoint_that_loads(run2, tmp_path, capsys):
     out = copy_run(run2, tmp_path / "run")
     (out / "last.pt").write_bytes(b"not a checkpoint")
@@ -184,6 +185,7 @@ def test_logging_to_a_closed_stderr_does_not_raise(monkeypatch):
     logging.getLogger("detcon.train").warning("the terminal has gone away")
 
 
+@pytest.mark.slow
 def test_ctrl_c_with_the_pipe_closed_still_saves(tmp_path):
     """``detcon pretrain ... 2>&1 | tee log``: Ctrl-C kills tee too; writing the progress bar
     and the log to the closed pipe must not prevent the final save."""

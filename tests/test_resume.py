@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 
+import pytest
 import torch
 from tiny import TINY_TRAIN
 
@@ -42,6 +43,7 @@ def _states(path):
     }
 
 
+@pytest.mark.slow
 def test_sigterm_then_resume_gives_identical_weights(tmp_path):
     full = train(
         load_config(None, TINY + [f"train.out={tmp_path / 'full'}"]), dataset=SigtermAt(None)

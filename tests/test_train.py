@@ -144,6 +144,7 @@ def test_output_stride_must_be_8_16_or_32(tmp_path):
         resolve(tiny_cfg(tmp_path, "model.output_stride=12"), dataset_size=8)
 
 
+@pytest.mark.slow
 def test_compiled_networks_train_save_and_resume(tmp_path, monkeypatch):
     """train.compile=true: a few steps, a checkpoint, a resume. Dynamo traces for real; the
     eager backend skips inductor's code generation (minutes on 2 cores)."""

@@ -17,6 +17,8 @@ from tiny import without_masks
 from detcon.config import load_config, resolve
 from detcon.step import build_models, forward_loss
 
+pytestmark = pytest.mark.slow  # two gloo processes each
+
 B, S, K = 4, 64, 3  # global batch, image side, masks per view
 METHODS = ("detcon_b", "detcon_s")
 TINY = [

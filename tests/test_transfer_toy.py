@@ -96,6 +96,7 @@ def toy_transfer(seed: int, out_dir) -> tuple[float, float]:
     return acc_pre, acc_rand
 
 
+@pytest.mark.slow
 def test_pretrained_beats_random_init(tmp_path):
     start = time.perf_counter()
     acc_pre, acc_rand = toy_transfer(SEED, tmp_path / "run")
