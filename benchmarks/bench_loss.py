@@ -7,6 +7,10 @@ leaves on a 7x7 grid). One process (no gathering: N = B), targets without gradie
 one torch thread by default. Each (method, B) runs in its own subprocess so that its peak
 resident memory (``ru_maxrss``) is its own; the methods alternate per repetition.
 
+When the ``lightly`` package is importable (never a dependency of ours: e.g.
+``pip install --no-deps --target /tmp/lightly_pkg lightly`` and ``PYTHONPATH=/tmp/lightly_pkg``)
+its ``DetConBLoss`` (no gathering) runs on the same inputs as a third arm.
+
     python benchmarks/bench_loss.py                         # B = 64, 256, 1024
     python benchmarks/bench_loss.py --batches 256 --reps 3 --json out.json
 """
@@ -23,6 +27,14 @@ import sys
 import time
 
 METHODS = ("official", "distinct")
+
+
+def have_lightly() -> bool:
+    try:
+        from lightly.loss import DetConBLoss  # noqa: F401
+    except Exception:  # not installed, or an incompatible install
+        return False
+    return True
 
 
 def case(B: int, K: int, D: int, seed: int = 0):
@@ -51,10 +63,17 @@ def one(method: str, B: int, K: int, D: int, reps: int, threads: int) -> dict:
 
     torch.set_num_threads(threads)
     (p1, p2), (t1, t2), (i1, i2) = case(B, K, D)
+    if method == "lightly":
+        from lightly.loss import DetConBLoss
+
+        lightly_loss = DetConBLoss(temperature=0.1, gather_distributed=False)
     times = []
     for _ in range(reps + 1):  # the first is a warmup
         t0 = time.perf_counter()
-        loss = detcon_loss(p1, p2, t1, t2, i1, i2, i1, i2, distinct=method == "distinct")
+        if method == "lightly":
+            loss = lightly_loss(p1, p2, t1, t2, i1, i2)
+        else:
+            loss = detcon_loss(p1, p2, t1, t2, i1, i2, i1, i2, distinct=method == "distinct")
         loss.backward()
         times.append(time.perf_counter() - t0)
         p1.grad = p2.grad = None
@@ -82,9 +101,12 @@ def main(argv=None) -> list[dict]:
         method, B = args._one[0], int(args._one[1])
         print(json.dumps(one(method, B, args.K, args.D, args.reps, args.threads)))
         return []
+    methods = METHODS + (("lightly",) if have_lightly() else ())
+    if "lightly" not in methods:
+        print("note: lightly is not importable; its arm is skipped")
     rows = []
     for B in args.batches:
-        for method in METHODS:
+        for method in methods:
             cmd = [
                 sys.executable,
                 __file__,
@@ -114,6 +136,20 @@ def main(argv=None) -> list[dict]:
             f"{d['seconds'] / o['seconds']:>10.3f} {o['rss_mb']:>12.0f} {d['rss_mb']:>12.0f} "
             f"{abs(o['loss'] - d['loss']):>9.2e}"
         )
+    if "lightly" in methods:
+        print(
+            f"{'B':>6} {'lightly s':>11} {'ours/lightly time':>18} {'lightly MB':>11} "
+            f"{'ours/lightly MB':>16} {'|dloss|':>9}"
+        )
+        for B in args.batches:
+            d, li = (
+                next(r for r in rows if r["B"] == B and r["method"] == m)
+                for m in ("distinct", "lightly")
+            )
+            print(
+                f"{B:>6} {li['seconds']:>11.4f} {d['seconds'] / li['seconds']:>18.3f} "
+                f"{li['rss_mb']:>11.0f} {d['rss_mb'] / li['rss_mb']:>16.3f} {abs(d['loss'] - li['loss']):>9.2e}"
+            )
     # the official logits at the official scale: [B*K, 2*N*K] fp32 per view and process
     B, N, K = 4096 // 8, 4096, args.K
     print(
