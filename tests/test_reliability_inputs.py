@@ -261,7 +261,10 @@ def test_unknown_masks_names_both_possibilities(tmp_path, spec):
     from detcon.data.builtin import build_pretrain_dataset
     from detcon.data.datasets import resolve_masks
 
-    msg = f"masks '{spec}' is neither a mask cache folder nor a generator (fh, grid, whole, coco)"
+    msg = (
+        f"masks '{spec}' is neither a mask cache folder nor a generator (fh, grid, whole, slic, "
+        "quickshift, watershed, coco, or a function as module.sub:function)"
+    )
     with pytest.raises(FileNotFoundError) as info:
         resolve_masks(spec)
     assert str(info.value) == msg

@@ -411,6 +411,7 @@ def validate(cfg: Config, check_device: bool = True) -> Config:
                 f"train.loggers: {name.strip()!r} is not one of {LOGGERS} (comma-separated)."
                 f"{_suggest(name.strip(), LOGGERS)}"
             )
+    _check_mask_source(cfg)
     if not _DEVICE.fullmatch(cfg.train.device):
         raise ConfigError(
             f"train.device: {cfg.train.device!r} is not one of auto, cpu, cuda, cuda:N"
@@ -429,6 +430,16 @@ def validate(cfg: Config, check_device: bool = True) -> Config:
                 "are visible"
             )
     return cfg
+
+
+def _check_mask_source(cfg: Config) -> None:
+    """``masks.source`` must name a cache folder or a generator (with valid parameters):
+    parsed here, at load, not after the dataset is scanned. ``coco`` needs ``data.coco_json``."""
+    from detcon.masks.source import GroundTruth, parse_mask_source
+
+    source = parse_mask_source(cfg.masks.source)
+    if isinstance(source, GroundTruth) and not cfg.data.coco_json:
+        raise ConfigError("masks.source=coco (ground truth) needs data.coco_json")
 
 
 def apply_dict(cfg: Config, data: dict, source: str = "config") -> Config:

@@ -387,10 +387,13 @@ def build_method(args):
         return GridGenerator(args.grid, args.grid)
     if args.method == "whole":
         return WholeImageGenerator()
-    if args.method != "coco":  # slic, quickshift, watershed, a user function: its own spec
-        from detcon.masks.generators import build_generator
+    from detcon.masks.source import GroundTruth, parse_mask_source
 
-        return build_generator(args.method)
+    source = parse_mask_source(args.method)  # slic, quickshift, ..., module:function, coco
+    if not isinstance(source, GroundTruth):
+        if not hasattr(source, "build"):
+            raise SystemExit(f"error: --method {args.method!r} is a folder, not a generator")
+        return source.build()
     from detcon.masks.coco import CocoMasks
 
     if not args.coco_json:

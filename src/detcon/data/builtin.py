@@ -120,8 +120,11 @@ def build_pretrain_dataset(
         return CocoDataset(
             data_s, coco_json, masks, transform, repeat=repeat, compute_missing=compute_missing
         )
-    if masks == "coco":
-        raise ValueError("masks='coco' needs coco_json= (the instances JSON file)")
+    if isinstance(masks, (str, os.PathLike)):  # parsed before the folder is scanned
+        from detcon.masks.source import GroundTruth, parse_mask_source
+
+        if isinstance(parse_mask_source(masks), GroundTruth):
+            raise ValueError("masks='coco' needs coco_json= (the instances JSON file)")
     cls = ImageClassTreeDataset if class_tree else ImageFolderDataset
     return cls(
         data_s, masks, transform, select=select, repeat=repeat, compute_missing=compute_missing

@@ -30,6 +30,8 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from detcon.masks.source import SOURCE_NAMES as MASK_SOURCES
+
 from .decode import IMAGE_EXTENSIONS, DecodeError, load_image
 from .transforms import TwoViewTransform
 
@@ -50,7 +52,6 @@ __all__ = [
 _MAX_CONSECUTIVE_FAILURES = 50
 
 #: Names ``masks`` may take besides a cache folder (``coco`` needs the instances JSON).
-MASK_SOURCES = ("fh", "grid", "whole", "coco")
 
 
 class ImageDataError(FileNotFoundError):
@@ -122,32 +123,28 @@ def scan_images(root: str | os.PathLike, skipped: list | None = None) -> list[Pa
 def resolve_masks(masks: Any, data_root=None):
     """Turn ``masks`` into ``(cache | None, generator | None)``.
 
-    ``masks``: a ``MaskCache``, a generator (callable with ``name``/``params``), a spec string
-    (``"fh"``, ``"grid:rows=2"``, ``"whole"``), a cache folder path, or ``None`` (= whole image).
-    With a cache, the generator is rebuilt from the cache's recorded params (fh/grid/whole) so
-    a missing or stale entry is recomputed on the fly instead of failing.
+    ``masks``: a ``MaskCache``, a generator (callable with ``name``/``params``), a generator
+    dict, ``None`` (= whole image) or a text parsed by
+    :func:`detcon.masks.source.parse_mask_source` (a cache folder or a generator spec). With a
+    cache, the generator is rebuilt from the cache's recorded params so a missing or stale
+    entry is recomputed on the fly instead of failing.
     """
     from detcon.masks.cache import MaskCache, open_cache
-    from detcon.masks.generators import build_generator, is_generator_spec
+    from detcon.masks.generators import build_generator
+    from detcon.masks.source import CacheFolder, GroundTruth, parse_mask_source
 
-    if masks is None:
-        return None, build_generator("whole")
     if isinstance(masks, MaskCache):
         cache = masks
-    elif isinstance(masks, (str, os.PathLike)) and Path(masks).is_dir():
-        cache = open_cache(masks, data_root=data_root)
-    elif isinstance(masks, os.PathLike) or (isinstance(masks, str) and _path_like(masks)):
-        raise _unknown_masks(masks)
-    elif isinstance(masks, str):
-        name = masks.strip().partition(":")[0]
-        if name == "coco":
+    elif masks is None or isinstance(masks, (str, os.PathLike)):
+        source = parse_mask_source(masks)
+        if isinstance(source, GroundTruth):
             raise ValueError(
                 "masks 'coco' (ground truth) needs the COCO instances JSON "
                 "(data.coco_json / coco_json=)"
             )
-        if name not in MASK_SOURCES and not is_generator_spec(masks):  # slic, ..., pkg.mod:fn
-            raise _unknown_masks(masks)
-        return None, build_generator(masks)
+        if not isinstance(source, CacheFolder):
+            return None, source.build()
+        cache = open_cache(source.root, data_root=data_root)
     elif isinstance(masks, dict):
         return None, build_generator(masks)
     elif callable(masks):
@@ -161,17 +158,6 @@ def resolve_masks(masks: Any, data_root=None):
     except ValueError:
         gen = None  # e.g. coco: no on-the-fly fallback
     return cache, gen
-
-
-def _path_like(text: str) -> bool:
-    return os.sep in text or "/" in text or text.startswith(("~", ".")) or text.endswith(os.sep)
-
-
-def _unknown_masks(masks) -> FileNotFoundError:
-    return FileNotFoundError(
-        f"masks {str(masks)!r} is neither a mask cache folder nor a generator "
-        f"({', '.join(MASK_SOURCES)})"
-    )
 
 
 class MaskCoverageError(FileNotFoundError):
