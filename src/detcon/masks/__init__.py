@@ -22,6 +22,14 @@ from detcon.masks.sampling import (
     downsample_masks,
     sample_mask_ids,
 )
+from detcon.masks.source import (
+    CacheFolder,
+    Generated,
+    GroundTruth,
+    MaskSource,
+    WholeImage,
+    parse_mask_source,
+)
 
 __all__ = [
     "downsample_masks",
@@ -36,5 +44,11 @@ __all__ = [
     "open_cache",
     "PackedMaskCache",
     "CorruptCacheError",
+    "MaskSource",
+    "CacheFolder",
+    "Generated",
+    "GroundTruth",
+    "WholeImage",
+    "parse_mask_source",
     "CocoMasks",
 ]
