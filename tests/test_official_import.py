@@ -23,7 +23,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from detcon import official
 from detcon.model.backbone import build_backbone
 from detcon.official import (
     OfficialFormatError,
@@ -35,6 +34,7 @@ from detcon.official import (
     load_backbone,
     load_heads,
     safe_load_official,
+    unpickle,
 )
 
 INVENTORY = json.loads(
@@ -601,10 +601,10 @@ def test_numeric_npy_reads_without_pickle(tmp_path):
 
 
 def test_record_class_is_inert():
-    rec = official._record_class("byol.byol_experiment", "_ByolExperimentState")
+    rec = unpickle._record_class("byol.byol_experiment", "_ByolExperimentState")
     r = rec(1, 2, 3, 4, 5)
-    assert dict(r) == dict(zip(official._EXPERIMENT_FIELDS, range(1, 6), strict=True))
-    other = official._record_class("somepkg.mod", "ThingState")(1, b=2)
+    assert dict(r) == dict(zip(unpickle._EXPERIMENT_FIELDS, range(1, 6), strict=True))
+    other = unpickle._record_class("somepkg.mod", "ThingState")(1, b=2)
     assert dict(other) == {"field_0": 1, "b": 2}
 
 
