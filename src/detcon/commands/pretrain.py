@@ -118,7 +118,7 @@ def wants_auto_settings(args) -> bool:
 
 
 def run(args) -> int:
-    from detcon.config import ConfigError, load_config, recipe_names
+    from detcon.config import ConfigError, recipe_names
     from detcon.logs import setup_logging
 
     setup_logging()
@@ -126,37 +126,10 @@ def run(args) -> int:
     if args.list_recipes:
         print("\n".join(recipe_names()))
         return 0
-    overrides = overrides_from_args(args)
-    auto = None
-    if wants_auto_settings(args):
-        from detcon.auto_settings import choose_settings
-
-        try:
-            auto = choose_settings(args.data, overrides)
-        except FileNotFoundError as err:
-            log.error("%s", err)
-            return 2
-        log.info(
-            "no --config: settings chosen for %s on this machine (flags and key=value "
-            "overrides win; recorded as train.auto_settings in config.yaml):\n  %s",
-            args.data,
-            "\n  ".join(auto.reasons),
-        )
-        overrides = auto.overrides + overrides
-    recipe = None if auto is not None else args.config or QUICKSTART
-    log.info(
-        "config: %s%s",
-        recipe or "defaults + the settings above",
-        "" if args.config or auto else " (no --config given)",
-    )
-    if overrides:
-        log.info("overrides: %s", " ".join(overrides))
     try:
-        cfg = load_config(recipe, overrides)
-        if auto is not None:
-            cfg.train.auto_settings = auto.summary()
-    except ConfigError as err:
-        log.error("config error: %s", err)
+        cfg, recipe = build_config(args, log)
+    except (ConfigError, FileNotFoundError) as err:
+        log.error("%s%s", "config error: " if isinstance(err, ConfigError) else "", err)
         return 2
     from detcon.loggers import LoggerUnavailableError, check_available
 
@@ -182,8 +155,46 @@ def run(args) -> int:
         return 3
     finally:
         distributed.destroy()
-    if not main:  # under torchrun only rank 0 prints the summary
-        return 0
+    if main:  # under torchrun only rank 0 prints the summary
+        report(summary, recipe, log)
+    return 0
+
+
+def build_config(args, log):
+    """(config, recipe name or None): the recipe (or, for ``--data`` without ``--config``,
+    settings chosen for the machine and the folder), then the flags and ``key=value``
+    overrides. Raises ``ConfigError`` / ``FileNotFoundError``."""
+    from detcon.config import load_config
+
+    overrides = overrides_from_args(args)
+    auto = None
+    if wants_auto_settings(args):
+        from detcon.auto_settings import choose_settings
+
+        auto = choose_settings(args.data, overrides)
+        log.info(
+            "no --config: settings chosen for %s on this machine (flags and key=value "
+            "overrides win; recorded as train.auto_settings in config.yaml):\n  %s",
+            args.data,
+            "\n  ".join(auto.reasons),
+        )
+        overrides = auto.overrides + overrides
+    recipe = None if auto is not None else args.config or QUICKSTART
+    log.info(
+        "config: %s%s",
+        recipe or "defaults + the settings above",
+        "" if args.config or auto else " (no --config given)",
+    )
+    if overrides:
+        log.info("overrides: %s", " ".join(overrides))
+    cfg = load_config(recipe, overrides)
+    if auto is not None:
+        cfg.train.auto_settings = auto.summary()
+    return cfg, recipe
+
+
+def report(summary: dict, recipe: str | None, log) -> None:
+    """Where the run wrote what, and (for the quickstart) what its loss curve means."""
     run_dir = summary["run_dir"]
     if summary.get("finished_before"):
         state = "already finished"
@@ -212,7 +223,6 @@ def run(args) -> int:
     note = trend_note(run_dir, summary["step"]) if recipe == QUICKSTART else ""
     if note:
         log.info("%s", note)
-    return 0
 
 
 def trend_note(run_dir, steps: int) -> str:
