@@ -180,3 +180,12 @@ def test_subset_and_fraction_reach_the_training_dataset(tmp_path):
     full = build_dataset(tiny_cfg(tmp_path, "data.data=builtin"))
     half = build_dataset(tiny_cfg(tmp_path, "data.data=builtin", "data.fraction=0.5"))
     assert 0 < len(half) < len(full)
+
+
+def test_train_threads_sets_the_intra_op_threads(tmp_path):
+    before = torch.get_num_threads()
+    try:
+        train(tiny_cfg(tmp_path, "train.threads=1", "train.steps=1"))
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)

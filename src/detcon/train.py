@@ -11,6 +11,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import torch
 from tqdm import tqdm
 
 from detcon import checkpoint
@@ -54,6 +55,8 @@ def train(cfg: Config, dataset=None, *, overwrite: bool = False) -> dict:
     main, run_dir, start_time = dist.is_main(), Path(cfg.train.out), time.perf_counter()
     check_fresh_start(cfg, overwrite, move_aside=main)  # before anything is written
     device = dist.pick_device(cfg.train.device)
+    if cfg.train.threads > 0:
+        torch.set_num_threads(cfg.train.threads)
     # ---- data
     dataset = build_dataset(cfg) if dataset is None else dataset
     plan = resolve(cfg, len(dataset), dist.world_size())
