@@ -50,6 +50,40 @@ def grid_map(labels: np.ndarray, g: int) -> np.ndarray:
     return downsample_masks(torch.from_numpy(view[None].astype(np.int64)), (g, g))[0].numpy()
 
 
+def view_grid_map(labels: np.ndarray, g: int, view: int) -> np.ndarray:
+    """``labels [H, W]`` resized (nearest) to a ``view`` px whole-image view, then reduced to
+    ``[g, g]`` by the training code's majority vote (``view`` a multiple of ``g``)."""
+    from PIL import Image
+
+    from detcon.masks import downsample_masks
+
+    im = Image.fromarray(labels.astype(np.int32), mode="I").resize((view, view), Image.NEAREST)
+    small = np.asarray(im).astype(np.int64)
+    return downsample_masks(torch.from_numpy(small[None]), (g, g))[0].numpy()
+
+
+def quality_arrays(gts: np.ndarray, maps: np.ndarray, grid: int, view: int) -> dict:
+    """Statistics of candidate region maps ``maps [N, H, W]`` against instance maps ``gts
+    [N, H, W]`` (0 = background, not scored): full resolution and on the ``grid x grid``
+    feature grid of a ``view`` px whole-image view."""
+    full, coarse, ids = [], [], []
+    for gt, lab in zip(gts, maps, strict=True):
+        lab = np.asarray(lab, np.int64)
+        full += best_iou(gt, lab)
+        g_lab = view_grid_map(lab, grid, view)
+        coarse += best_iou(view_grid_map(gt, grid, view), g_lab)
+        ids.append(len(np.unique(g_lab)))
+    return {
+        "best_iou_full": float(np.mean(full)) if full else float("nan"),
+        "recall50_full": float(np.mean(np.asarray(full) >= 0.5)) if full else float("nan"),
+        "best_iou_grid": float(np.mean(coarse)) if coarse else float("nan"),
+        "recall50_grid": float(np.mean(np.asarray(coarse) >= 0.5)) if coarse else float("nan"),
+        "ids_on_grid": float(np.mean(ids)),
+        "objects_full": len(full),
+        "objects_on_grid": len(coarse),
+    }
+
+
 def mask_quality(data: Path, grid: int, limit: int = 500) -> dict:
     """Statistics per mask source found under ``data/masks`` (plus ``whole``)."""
     from detcon.masks.cache import MaskCache
@@ -86,12 +120,18 @@ def mask_quality(data: Path, grid: int, limit: int = 500) -> dict:
 
 def format_table(stats: dict) -> str:
     g = stats["grid"]
-    lines = [f"mask quality on {stats['images']} train scenes (objects: best-IoU region)", "",
-             f"| masks | best IoU (full) | IoU>=0.5 (full) | best IoU ({g}x{g} grid) | "
-             f"IoU>=0.5 (grid) | ids on grid |", "|---|---|---|---|---|---|"]  # fmt: skip
+    lines = [
+        f"mask quality on {stats['images']} train scenes (objects: best-IoU region)",
+        "",
+        f"| masks | best IoU (full) | IoU>=0.5 (full) | best IoU ({g}x{g} grid) | "
+        f"IoU>=0.5 (grid) | ids on grid |",
+        "|---|---|---|---|---|---|",
+    ]
     for name, s in stats["sources"].items():
-        lines.append(f"| {name} | {s['best_iou_full']:.3f} | {s['recall50_full']:.3f} | "
-                     f"{s['best_iou_grid']:.3f} | {s['recall50_grid']:.3f} | {s['ids_on_grid']:.2f} |")  # fmt: skip
+        lines.append(
+            f"| {name} | {s['best_iou_full']:.3f} | {s['recall50_full']:.3f} | "
+            f"{s['best_iou_grid']:.3f} | {s['recall50_grid']:.3f} | {s['ids_on_grid']:.2f} |"
+        )
     return "\n".join(lines) + "\n"
 
 

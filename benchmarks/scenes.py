@@ -31,11 +31,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import subprocess
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,11 +50,28 @@ WALLPAPER_DIR = "usr/share/backgrounds/mate/nature"
 # Real photographs among opencv-doc's example data (drawings, renders, paintings, charts,
 # calibration boards and text pages are left out; checked by eye on a contact sheet).
 OPENCV_PHOTOS = (
-    "apple.jpg", "baboon.jpg", "basketball1.png", "board.jpg", "box_in_scene.png",
-    "building.jpg", "butterfly.jpg", "fruits.jpg", "home.jpg", "orange.jpg", "messi5.jpg",
-    "squirrel_cls.jpg", "stuff.jpg", "graf1.png", "leuvenA.jpg", "aero1.jpg",
-    "rubberwhale1.png", "aloeL.jpg", "left.jpg", "ela_original.jpg", "licenseplate_motion.jpg",
-)  # fmt: skip
+    "apple.jpg",
+    "baboon.jpg",
+    "basketball1.png",
+    "board.jpg",
+    "box_in_scene.png",
+    "building.jpg",
+    "butterfly.jpg",
+    "fruits.jpg",
+    "home.jpg",
+    "orange.jpg",
+    "messi5.jpg",
+    "squirrel_cls.jpg",
+    "stuff.jpg",
+    "graf1.png",
+    "leuvenA.jpg",
+    "aero1.jpg",
+    "rubberwhale1.png",
+    "aloeL.jpg",
+    "left.jpg",
+    "ela_original.jpg",
+    "licenseplate_motion.jpg",
+)
 SKIMAGE_PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "stereo_motorcycle")
 # Class list (index + 1 = class id in the label PNGs; 0 is background).
 CLASSES = (
@@ -225,8 +240,16 @@ def _shrink(im: Image.Image) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------- composing
-def compose_scene(rng: np.random.Generator, backgrounds, stamps: list[Stamp], size: int,
-                  min_objects: int = 2, max_objects: int = 5, min_area: float = 0.005):  # fmt: skip
+def compose_scene(
+    rng: np.random.Generator,
+    backgrounds,
+    stamps: list[Stamp],
+    size: int,
+    min_objects: int = 2,
+    max_objects: int = 5,
+    min_area: float = 0.005,
+    names_out: list | None = None,
+):
     """One scene: ``(image uint8 [S,S,3], instances int32 [S,S], classes list[int], alpha_edge bool [S,S])``.
 
     ``instances`` is 0 for background and 1..n for the visible objects in paste order (fully
@@ -235,6 +258,8 @@ def compose_scene(rng: np.random.Generator, backgrounds, stamps: list[Stamp], si
     ``classes[i-1]`` is the class id of instance ``i``. ``alpha_edge`` marks pixels where the
     topmost object's alpha is neither ~0 nor ~1 (candidate ignore band for the labels).
     Objects are chosen class-first (uniform over classes), then uniformly within the class.
+    ``names_out``, when given, is extended with the stamp name of every visible instance (the
+    object's identity, for re-identification across scenes).
     """
     by_class = {}
     for s in stamps:
@@ -252,18 +277,21 @@ def compose_scene(rng: np.random.Generator, backgrounds, stamps: list[Stamp], si
             canvas = canvas[:, ::-1]
         inst = np.zeros((size, size), np.int32)
         edge = np.zeros((size, size), bool)
-        classes = []
+        classes, names = [], []
         for k in range(int(rng.integers(min_objects, max_objects + 1))):
             stamp = by_class[class_ids[rng.integers(len(class_ids))]]
             stamp = stamp[rng.integers(len(stamp))]
             canvas = _paste(rng, canvas, inst, edge, stamp, k + 1, size)
             classes.append(stamp.class_id)
+            names.append(stamp.name)
         area = np.bincount(inst.ravel(), minlength=len(classes) + 1)[1:] / inst.size
         keep = [i for i in range(1, len(classes) + 1) if area[i - 1] > 0]  # fully hidden: gone
         if (area >= min_area).sum() >= min_objects:
             remap = np.zeros(len(classes) + 1, np.int32)
             remap[keep] = np.arange(1, len(keep) + 1)
             image = np.clip(canvas + 0.5, 0, 255).astype(np.uint8)
+            if names_out is not None:
+                names_out.extend(names[i - 1] for i in keep)
             return image, remap[inst], [classes[i - 1] for i in keep], edge & (remap[inst] > 0)
     raise RuntimeError("could not compose a scene with enough visible objects")
 
@@ -310,17 +338,12 @@ def voc_palette() -> list[int]:
 
 
 def _save_atomic(write, path: Path) -> None:
-    """Call ``write(tmp_path)`` then ``os.replace`` into ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600 files
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    """Call ``write(tmp_path)`` on a temporary file that then replaces ``path`` atomically
+    (:func:`detcon.fileio.atomic_path`)."""
+    from detcon.fileio import atomic_path
+
+    with atomic_path(path) as tmp:
+        write(str(tmp))
 
 
 def _save_png(arr: np.ndarray, path: Path) -> None:
@@ -341,13 +364,29 @@ def coco_annotations(
         rle = mask_utils.encode(binary)
         box = [float(v) for v in mask_utils.toBbox(rle)]
         rle["counts"] = rle["counts"].decode("ascii")
-        anns.append({"id": first_ann + len(anns), "image_id": image_id, "category_id": int(cid),
-                     "segmentation": rle, "area": float(binary.sum()), "bbox": box, "iscrowd": 0})  # fmt: skip
+        anns.append(
+            {
+                "id": first_ann + len(anns),
+                "image_id": image_id,
+                "category_id": int(cid),
+                "segmentation": rle,
+                "area": float(binary.sum()),
+                "bbox": box,
+                "iscrowd": 0,
+            }
+        )
     return anns
 
 
-def generate(out: Path, n_train: int, n_val: int, size: int, seed: int, cache: Path = DEFAULT_CACHE,
-             ignore_boundary: bool = False) -> dict:  # fmt: skip
+def generate(
+    out: Path,
+    n_train: int,
+    n_val: int,
+    size: int,
+    seed: int,
+    cache: Path = DEFAULT_CACHE,
+    ignore_boundary: bool = False,
+) -> dict:
     """Write the whole dataset under ``out`` (layout in the module docstring); returns meta."""
     if min(n_train, n_val) < 1 or size < 16:
         raise ValueError("need --train >= 1, --val >= 1 and --size >= 16")
@@ -395,13 +434,202 @@ def generate(out: Path, n_train: int, n_val: int, size: int, seed: int, cache: P
         _save_atomic(lambda t, s=doc: Path(t).write_text(s), coco / f"instances_{split}.json")
         stats[split] = {"images": n, "objects": len(anns)}
     meta = {
-        "classes": ["background", *CLASSES], "size": size, "seed": seed, "ignore_boundary": ignore_boundary,
+        "classes": ["background", *CLASSES],
+        "size": size,
+        "seed": seed,
+        "ignore_boundary": ignore_boundary,
         "stamps": {"train": [s.name for s in train_stamps], "val": [s.name for s in val_stamps]},
-        "backgrounds": [name for name, _ in backgrounds], "counts": stats,
-        "coco_image_dir": "voc/JPEGImages", "sources": list(PACKAGES) + ["scikit-image"],
-    }  # fmt: skip
+        "backgrounds": [name for name, _ in backgrounds],
+        "counts": stats,
+        "coco_image_dir": "voc/JPEGImages",
+        "sources": list(PACKAGES) + ["scikit-image"],
+    }
     _save_atomic(lambda t: Path(t).write_text(json.dumps(meta, indent=1)), out / "meta.json")
     return meta
+
+
+# --------------------------------------------------------------------------- arrays (v2)
+# The efficiency benchmark's scenes: held-out objects AND held-out backgrounds, 3-6 objects,
+# generated in memory from a compact source pack (so a machine without network can rebuild
+# them exactly from a few MiB of files).
+SOURCE_STAMP_SIDE = 160  # stamps in the source pack: longest side at most this (px)
+SOURCE_BG_SIDE = 320  # backgrounds in the source pack: longest side at most this (px)
+SOURCES_VERSION = 1
+
+
+def split_backgrounds(n: int, seed: int, val_fraction: float = 0.25) -> tuple[list[int], list[int]]:
+    """Indices ``(train, val)`` of ``n`` background photos: a seeded permutation, the first
+    ``round(val_fraction * n)`` (at least 1) held out for val; both sorted."""
+    if n < 2:
+        raise ValueError(f"need at least 2 background photos to split, got {n}")
+    order = np.random.default_rng([seed, 11]).permutation(n)
+    n_val = min(n - 1, max(1, round(val_fraction * n)))
+    return sorted(order[n_val:].tolist()), sorted(order[:n_val].tolist())
+
+
+def _shrink_to(arr: np.ndarray, side: int) -> np.ndarray:
+    h, w = arr.shape[:2]
+    scale = side / max(h, w)
+    if scale >= 1:
+        return np.ascontiguousarray(arr)
+    size = (max(2, round(w * scale)), max(2, round(h * scale)))
+    return np.asarray(Image.fromarray(arr).resize(size, Image.BICUBIC))
+
+
+def build_sources(path: Path, cache: Path = DEFAULT_CACHE, seed: int = 0) -> Path:
+    """Write the compact source pack ``path`` (npz): every photographic stamp (RGBA, longest
+    side <= :data:`SOURCE_STAMP_SIDE`), its class and name, every background photo (longest
+    side <= :data:`SOURCE_BG_SIDE`), and the stamp and background train/val splits of ``seed``.
+    Reuses an existing pack made with the same seed and version."""
+    path = Path(path)
+    if path.exists():
+        with np.load(path) as z:
+            if int(z["version"]) == SOURCES_VERSION and int(z["seed"]) == seed:
+                return path
+    root = fetch_packages(cache)
+    stamps = load_stamps(root)
+    train_st, val_st = split_stamps(stamps, seed)
+    val_names = {s.name for s in val_st}
+    bgs = load_backgrounds(root)
+    _, bg_val = split_backgrounds(len(bgs), seed)
+    st_pix = [_shrink_to(s.rgba, SOURCE_STAMP_SIDE) for s in stamps]
+    bg_pix = [_shrink_to(b, SOURCE_BG_SIDE) for _, b in bgs]
+
+    def flat(arrs):
+        shapes = np.array([a.shape for a in arrs], np.int32)
+        return np.concatenate([a.ravel() for a in arrs]), shapes
+
+    st_flat, st_shapes = flat(st_pix)
+    bg_flat, bg_shapes = flat(bg_pix)
+    arrays = {
+        "version": np.array(SOURCES_VERSION),
+        "seed": np.array(seed),
+        "stamp_pixels": st_flat,
+        "stamp_shapes": st_shapes,
+        "stamp_names": np.array([s.name for s in stamps]),
+        "stamp_classes": np.array([s.class_id for s in stamps], np.int16),
+        "stamp_val": np.array([s.name in val_names for s in stamps]),
+        "bg_pixels": bg_flat,
+        "bg_shapes": bg_shapes,
+        "bg_names": np.array([n for n, _ in bgs]),
+        "bg_val": np.isin(np.arange(len(bgs)), bg_val),
+    }
+    _save_atomic(lambda t: np.savez_compressed(t, **arrays), path)
+    return path
+
+
+def _unflat(pixels: np.ndarray, shapes: np.ndarray) -> list[np.ndarray]:
+    out, at = [], 0
+    for shape in shapes:
+        n = int(np.prod(shape))
+        out.append(pixels[at : at + n].reshape(shape))
+        at += n
+    return out
+
+
+def load_sources(path: Path) -> dict:
+    """The source pack as ``{"stamps": {split: [Stamp]}, "backgrounds": {split: [(name, arr)]},
+    "stamp_names": [all names, index = object identity], "bg_names": [...]}``."""
+    with np.load(path) as z:
+        names = [str(n) for n in z["stamp_names"]]
+        pix = _unflat(z["stamp_pixels"], z["stamp_shapes"])
+        stamps = [
+            Stamp(n, int(c), p) for n, c, p in zip(names, z["stamp_classes"], pix, strict=True)
+        ]
+        val = z["stamp_val"]
+        bgs = list(
+            zip(
+                [str(n) for n in z["bg_names"]],
+                _unflat(z["bg_pixels"], z["bg_shapes"]),
+                strict=True,
+            )
+        )
+        bg_val = z["bg_val"]
+    return {
+        "stamps": {
+            "train": [s for s, v in zip(stamps, val, strict=True) if not v],
+            "val": [s for s, v in zip(stamps, val, strict=True) if v],
+        },
+        "backgrounds": {
+            "train": [b for b, v in zip(bgs, bg_val, strict=True) if not v],
+            "val": [b for b, v in zip(bgs, bg_val, strict=True) if v],
+        },
+        "stamp_names": names,
+        "bg_names": [n for n, _ in bgs],
+    }
+
+
+_WORKER_SOURCES: dict = {}
+
+
+def _scene_chunk(args) -> tuple:
+    split, indices, size, seed, min_objects, max_objects = args
+    src = _WORKER_SOURCES
+    ident = {n: i for i, n in enumerate(src["stamp_names"])}
+    cls_of = {s.name: s.class_id for group in src["stamps"].values() for s in group}
+    tag = {"train": 100, "val": 101}[split]
+    m = len(indices)
+    images = np.zeros((m, size, size, 3), np.uint8)
+    inst = np.zeros((m, size, size), np.uint8)
+    classes = np.zeros((m, max_objects), np.int16)
+    stamps = np.full((m, max_objects), -1, np.int16)
+    for j, i in enumerate(indices):
+        rng = np.random.default_rng([seed, tag, i])  # scene i does not depend on n
+        names: list[str] = []
+        img, ins, _, _ = compose_scene(
+            rng,
+            src["backgrounds"][split],
+            src["stamps"][split],
+            size,
+            min_objects,
+            max_objects,
+            names_out=names,
+        )
+        images[j], inst[j] = img, ins
+        classes[j, : len(names)] = [cls_of[n] for n in names]
+        stamps[j, : len(names)] = [ident[n] for n in names]
+    return images, inst, classes, stamps
+
+
+def generate_arrays(
+    sources: dict,
+    split: str,
+    n: int,
+    size: int,
+    seed: int = 0,
+    min_objects: int = 3,
+    max_objects: int = 6,
+    workers: int = 1,
+) -> dict:
+    """``n`` scenes of ``split`` (its own stamps and its own background photos) as arrays:
+    ``images`` uint8 ``[n,S,S,3]``, ``inst`` uint8 ``[n,S,S]`` (0 background, 1..m objects in
+    paste order), ``classes`` int16 ``[n, max_objects]`` (class of instance i+1, 0 = none) and
+    ``stamps`` int16 ``[n, max_objects]`` (identity = index into ``stamp_names``, -1 = none).
+    Scene ``i`` is a function of ``(seed, split, i)`` only; ``workers`` processes share the work.
+    """
+    if split not in ("train", "val") or n < 1 or size < 16 or not 1 <= min_objects <= max_objects:
+        raise ValueError(
+            f"bad scene request: split={split!r} n={n} size={size} "
+            f"objects={min_objects}..{max_objects}"
+        )
+    _WORKER_SOURCES.clear()
+    _WORKER_SOURCES.update(sources)
+    step = max(1, -(-n // (4 * max(1, workers))))
+    jobs = [
+        (split, list(range(a, min(n, a + step))), size, seed, min_objects, max_objects)
+        for a in range(0, n, step)
+    ]
+    if workers > 1:
+        import multiprocessing as mp
+
+        with mp.get_context("fork").Pool(workers) as pool:
+            parts = list(
+                tqdm(pool.imap(_scene_chunk, jobs), total=len(jobs), desc=f"scenes {split}")
+            )
+    else:
+        parts = [_scene_chunk(j) for j in tqdm(jobs, desc=f"scenes {split}")]
+    keys = ("images", "inst", "classes", "stamps")
+    return {k: np.concatenate([p[i] for p in parts]) for i, k in enumerate(keys)}
 
 
 def contact_sheet(out: Path, path: Path, n: int = 8) -> None:

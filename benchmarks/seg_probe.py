@@ -46,14 +46,14 @@ def extract(backbone, dataset, batch: int = 32) -> tuple[torch.Tensor, torch.Ten
 def train_head(x, y, num_classes: int, *, epochs: int, batch: int, lr: float, wd: float, seed: int):
     """SGD on a 1x1 conv over standardised features ``x [N, C, h, w]``; labels ``y [N, H, W]``."""
     g = torch.Generator().manual_seed(seed)
-    head = torch.nn.Conv2d(x.shape[1], num_classes, kernel_size=1)
+    head = torch.nn.Conv2d(x.shape[1], num_classes, kernel_size=1).to(x.device)
     opt = torch.optim.SGD(head.parameters(), lr=lr, momentum=0.9, weight_decay=wd)
     steps_per_epoch = max(1, len(x) // batch)
     total, step, loss = epochs * steps_per_epoch, 0, torch.tensor(float("nan"))
     for _ in range(epochs):
         order = torch.randperm(len(x), generator=g)
         for i in range(steps_per_epoch):
-            idx = order[i * batch : (i + 1) * batch]
+            idx = order[i * batch : (i + 1) * batch].to(x.device)
             for group in opt.param_groups:
                 group["lr"] = lr * (1 - step / total) ** 0.9
             target = y[idx][:, ::2, ::2]  # [b, H/2, W/2]: half-resolution loss, 4x cheaper
@@ -96,8 +96,16 @@ def run(args) -> dict:
     std = x_tr.std(dim=(0, 2, 3), keepdim=True).clamp(min=1e-6)
     x_tr, x_va = (x_tr - mean) / std, (x_va - mean) / std
     t_feat = time.perf_counter() - t0
-    head, last = train_head(x_tr, y_tr, args.num_classes, epochs=args.epochs, batch=args.batch_size,
-                            lr=args.lr, wd=args.weight_decay, seed=args.seed)  # fmt: skip
+    head, last = train_head(
+        x_tr,
+        y_tr,
+        args.num_classes,
+        epochs=args.epochs,
+        batch=args.batch_size,
+        lr=args.lr,
+        wd=args.weight_decay,
+        seed=args.seed,
+    )
     with torch.no_grad():
         cm = torch.zeros(args.num_classes, args.num_classes, dtype=torch.long)
         for i in range(0, len(x_va), 64):
@@ -149,11 +157,11 @@ def main(argv=None) -> int:
     )
     args = p.parse_args(argv)
     result = run(args)
+    from detcon.fileio import atomic_write
+
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(result, indent=1))
-    tmp.replace(out)
+    with atomic_write(out, "w") as f:
+        f.write(json.dumps(result, indent=1))
     m = result["metrics"]
     print(
         f"mIoU {m['miou']:.4f}  object IoU {m['object_iou']:.4f}  pixel acc {m['pixel_accuracy']:.4f}"

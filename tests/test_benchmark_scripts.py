@@ -13,8 +13,26 @@ import bench_step  # noqa: E402
 def test_bench_step_runs_on_cpu(tmp_path):
     out = tmp_path / "step.json"
     res = bench_step.main(
-        ["--backbone", "resnet18", "--image-size", "64", "--batch", "2", "--proj-hidden", "64",
-         "--proj-dim", "32", "--rounds", "1", "--steps", "1", "--warmup", "0", "--json", str(out)]
-    )  # fmt: skip
+        [
+            "--backbone",
+            "resnet18",
+            "--image-size",
+            "64",
+            "--batch",
+            "2",
+            "--proj-hidden",
+            "64",
+            "--proj-dim",
+            "32",
+            "--rounds",
+            "1",
+            "--steps",
+            "1",
+            "--warmup",
+            "0",
+            "--json",
+            str(out),
+        ]
+    )
     assert json.loads(out.read_text())["flop_ratio"] == res["flop_ratio"] > 1.0
     assert res["detcon_b_s"] > 0 and res["cpu_ratio"] > 0

@@ -54,8 +54,11 @@ def test_voc_palette_known_colours():
 
 def test_split_holds_out_stamps_per_class():
     rng = np.random.default_rng(0)
-    stamps = [_textured_stamp(rng, class_id=c, name=f"{c}_{i}") for c in range(1, len(scenes.CLASSES) + 1)
-              for i in range(4)]  # fmt: skip
+    stamps = [
+        _textured_stamp(rng, class_id=c, name=f"{c}_{i}")
+        for c in range(1, len(scenes.CLASSES) + 1)
+        for i in range(4)
+    ]
     train, val = scenes.split_stamps(stamps, seed=3)
     assert not {s.name for s in train} & {s.name for s in val}
     assert len(train) + len(val) == len(stamps)
@@ -103,8 +106,11 @@ def test_coco_annotations_round_trip():
 
 def test_generate_writes_voc_coco_and_unlabelled(tmp_path, monkeypatch):
     rng = np.random.default_rng(2)
-    stamps = [_textured_stamp(rng, class_id=c, name=f"{c}_{i}") for c in range(1, len(scenes.CLASSES) + 1)
-              for i in range(2)]  # fmt: skip
+    stamps = [
+        _textured_stamp(rng, class_id=c, name=f"{c}_{i}")
+        for c in range(1, len(scenes.CLASSES) + 1)
+        for i in range(2)
+    ]
     monkeypatch.setattr(scenes, "fetch_packages", lambda cache: tmp_path)
     monkeypatch.setattr(scenes, "load_stamps", lambda root: stamps)
     monkeypatch.setattr(
@@ -137,82 +143,24 @@ def test_generate_rejects_bad_sizes(tmp_path):
         scenes.generate(tmp_path, 0, 1, 32, seed=0)
 
 
-def _efficiency():
-    path = _PATH.with_name("efficiency.py")
-    spec = importlib.util.spec_from_file_location("efficiency", path)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["efficiency"] = mod  # dataclasses look their module up here
-    spec.loader.exec_module(mod)
-    return mod
+def test_split_backgrounds_holds_out_photos():
+    train, val = scenes.split_backgrounds(38, seed=0)
+    assert len(val) == round(0.25 * 38) and not set(train) & set(val)
+    assert sorted(train + val) == list(range(38))
+    assert scenes.split_backgrounds(38, seed=0) == (train, val)
+    assert scenes.split_backgrounds(38, seed=1) != (train, val)
+    assert scenes.split_backgrounds(2, seed=0)[1] != []  # at least one of each
+    with pytest.raises(ValueError):
+        scenes.split_backgrounds(1, seed=0)
 
 
-def test_efficiency_steps_to_reach_hand_cases():
-    eff = _efficiency()
-    steps = [10, 20, 40, 80]
-    # Crossing between 20 (0.30) and 40 (0.50) at a third of the way in log2 steps: 20 * 2**(1/3).
-    reach, kind = eff.steps_to_reach(steps, [0.1, 0.3, 0.5, 0.6], 0.3 + 0.2 / 3)
-    assert kind == "interpolated" and reach == pytest.approx(20 * 2 ** (1 / 3))
-    assert eff.steps_to_reach(steps, [0.5, 0.6, 0.7, 0.8], 0.4) == (10.0, "at most")
-    assert eff.steps_to_reach(steps, [0.1, 0.2, 0.3, 0.35], 0.4) == (None, "not reached")
-    # Exactly on a budget counts as reached there.
-    assert eff.steps_to_reach(steps, [0.1, 0.4, 0.5, 0.6], 0.4) == (
-        pytest.approx(20.0),
-        "interpolated",
+def test_compose_scene_reports_the_stamp_of_every_visible_instance():
+    rng = np.random.default_rng(1)
+    stamps = [_textured_stamp(rng, class_id=c, name=f"s{c}") for c in (1, 2, 3)]
+    bg = ("grey", np.full((120, 160, 3), 77, np.uint8))
+    names: list[str] = []
+    _, inst, classes, _ = scenes.compose_scene(
+        np.random.default_rng(5), [bg], stamps, 48, 3, 6, names_out=names
     )
-
-
-def test_efficiency_summary_speedup_and_loop_seconds(tmp_path):
-    eff = _efficiency()
-    s = eff.SETTINGS["smoke"]  # 8 steps: budgets 1, 2, 4, 8
-    recs = [
-        {"run": "BYOL", "seed": 0, "step": b, "seconds": b, "miou": 0.2 + 0.01 * b}
-        for b in (1, 2, 4, 8)
-    ]
-    recs += [
-        {"run": "DetCon_B", "seed": 0, "step": b, "seconds": b, "miou": 0.2 + 0.02 * b}
-        for b in (1, 2, 4, 8)
-    ]
-    cmp = eff.summarise(recs, [0.1], s)["detcon_b_vs_byol"]
-    # BYOL final 0.28; DetCon_B: 0.24 at 2, 0.28 at 4 -> reached exactly at 4 steps: 2x fewer.
-    assert cmp["detcon_b_steps"] == pytest.approx(4.0) and cmp["speedup"] == pytest.approx(2.0)
-    assert eff.summarise(recs, [0.5], s)["detcon_b_vs_byol"]["speedup"] is None  # below floor
-    run = tmp_path / "run"
-    run.mkdir()
-    (run / "config.yaml").write_text("data: {batch_size: 10}\n")
-    lines = [{"step": 5, "images_per_s": 25.0}, {"step": 10, "images_per_s": 50.0}]
-    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
-    assert eff.loop_seconds(run) == {5: 2.0, 10: 3.0}  # 50 images / 25 per s, then + 50 / 50
-
-
-def test_efficiency_report_tables_and_plots(tmp_path):
-    eff = _efficiency()
-    s = eff.SETTINGS["smoke"]  # budgets 1, 2, 4, 8
-    recs = [
-        {"run": run, "seed": seed, "step": b, "seconds": b, "miou": m + 0.01 * b + 0.002 * seed,
-         "object_iou": 2 * m + 0.01 * b}
-        for run, m in (("BYOL", 0.2), ("DetCon_B", 0.1))
-        for seed in (0, 1)
-        for b in (1, 2, 4, 8)
-    ]  # fmt: skip
-    text = eff.write_report(tmp_path, recs, [0.05, 0.07], s, "smoke", [0.1, 0.2])
-    miou_part, object_part = text.split("Class-agnostic object IoU")
-    rows = {ln.split(" | ")[0]: ln for ln in miou_part.splitlines() if ln.startswith("| ")}
-    assert "28.1 ± 0.1 (2)" in rows["| BYOL"]  # 0.2 + 0.08 + mean(0, 0.002); std 0.0014
-    rows = {ln.split(" | ")[0]: ln for ln in object_part.splitlines() if ln.startswith("| ")}
-    assert rows["| BYOL"].endswith("| 48.0 ± 0.0 (2) | 8 |")  # 0.4 + 0.08 at 8 steps
-    assert "| random init | – | 6.0 (floor, n=2) |" in text and "15.0 (floor, n=2)" in text
-    assert "DetCon_B did not reach BYOL's final mIoU (28.1)" in text
-    doc = json.loads((tmp_path / "results.json").read_text())
-    assert doc["summary"]["rows"]["DetCon_B"]["8"]["object_iou_mean"] == pytest.approx(0.28)
-    for name in ("table.md", "miou_vs_steps.png", "miou_vs_seconds.png"):
-        assert (tmp_path / name).stat().st_size > 0
-
-
-def test_efficiency_setting_overrides():
-    eff = _efficiency()
-    s, done = eff.apply_overrides(eff.SETTINGS["cpu"], ["base_lr=32", "steps=96"])
-    assert s.base_lr == 32.0 and s.steps == 96 and done == [("base_lr", "32"), ("steps", "96")]
-    assert s.output_stride == 16  # untouched fields kept
-    for bad in ("lr=3", "base_lr", "steps=1.5", "seeds=1"):
-        with pytest.raises(ValueError, match="--set"):
-            eff.apply_overrides(s, [bad])
+    assert len(names) == len(classes) == inst.max() and 3 <= len(names) <= 6
+    assert [int(n[1:]) for n in names] == classes  # stamp s<c> has class c
