@@ -25,17 +25,19 @@ import math
 import torch
 import torch.nn.functional as F
 
+from detcon.data.device_augment import apply_photometric
 from detcon.data.photometric import (
-    adjust_brightness,
-    adjust_contrast,
-    adjust_hue,
-    adjust_saturation,
-    solarize,
-    to_grayscale,
+    NUM_PARAMS,
+    PARAM_APPLY,
+    PARAM_BLUR,
+    PARAM_BRIGHT,
+    PARAM_GRAY,
+    PARAM_ORDER,
+    PARAM_SIGMA,
+    PARAM_SOLARIZE,
 )
+from detcon.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 BLUR_P = (1.0, 0.1)
 SOLARIZE_P = (0.0, 0.2)
 
@@ -66,47 +68,24 @@ def crop_grid(params: torch.Tensor, size: int, device) -> torch.Tensor:
     return F.affine_grid(theta, [len(params), 1, size, size], align_corners=False)
 
 
-def _blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-    """Separable Gaussian blur with one sigma per image, zero padding. x ``[n, 3, S, S]``."""
-    n, c, hh, ww = x.shape
-    radius = int(hh / 10 / 2)
-    t = torch.arange(-radius, radius + 1, device=x.device, dtype=x.dtype)
-    k = torch.exp(-(t[None] ** 2) / (2 * sigma[:, None].to(x.dtype) ** 2))  # [n, taps]
-    k = (k / k.sum(1, keepdim=True)).repeat_interleave(c, 0)  # [n*3, taps]
-    y = x.reshape(1, n * c, hh, ww)
-    y = F.conv2d(y, k[:, None, None, :], padding=(0, radius), groups=n * c)
-    y = F.conv2d(y, k[:, None, :, None], padding=(radius, 0), groups=n * c)
-    return y.reshape(n, c, hh, ww)
-
-
-def photometric(x: torch.Tensor, gen: torch.Generator, blur_p: float, solarize_p: float):
-    """The official colour pipeline on a batch ``[n, 3, S, S]`` in [0, 1], one draw per image."""
-    n = x.shape[0]
-    u = torch.rand(n, 9, generator=gen).to(x.device)
-    order = torch.rand(n, 4, generator=gen).argsort(1).to(x.device)  # a permutation per image
-    params = (
-        (-0.4 + 0.8 * u[:, 2]).view(n, 1, 1, 1),  # brightness delta
-        (0.6 + 0.8 * u[:, 3]).view(n, 1, 1, 1),  # contrast factor
-        (0.8 + 0.4 * u[:, 4]).view(n, 1, 1, 1),  # saturation factor
-        (-0.1 + 0.2 * u[:, 5]).view(n, 1, 1),  # hue delta
-    )
-    ops = (adjust_brightness, adjust_contrast, adjust_saturation, adjust_hue)
-    jitter = u[:, 0] < 0.8
-    for slot in range(4):
-        for k, op in enumerate(ops):
-            sel = jitter & (order[:, slot] == k)
-            if sel.any():
-                x[sel] = op(x[sel], params[k][sel]).clamp_(0.0, 1.0)
-    gray = u[:, 1] < 0.2
-    if gray.any():
-        x[gray] = to_grayscale(x[gray]).clamp_(0.0, 1.0)
-    blur = u[:, 6] < blur_p
-    if blur.any():
-        x[blur] = _blur(x[blur], 0.1 + 1.9 * u[blur, 7])
-    sol = u[:, 8] < solarize_p
-    if sol.any():
-        x[sol] = solarize(x[sol], 0.5)
-    return x.clamp_(0.0, 1.0)
+def draw_photometric(n: int, gen: torch.Generator, blur_p: float, solarize_p: float):
+    """``[n, NUM_PARAMS]`` colour parameters of the official recipe, one draw per image, in the
+    layout of :mod:`detcon.data.photometric` (applied by
+    :func:`detcon.data.device_augment.apply_photometric`)."""
+    u = torch.rand(n, 9, generator=gen)
+    order = torch.rand(n, 4, generator=gen).argsort(1)  # a permutation per image
+    p = torch.zeros(n, NUM_PARAMS)
+    p[:, PARAM_APPLY] = (u[:, 0] < 0.8).float()[:, None]  # the jitter block, p = 0.8
+    p[:, PARAM_BRIGHT] = -0.4 + 0.8 * u[:, 2]  # brightness delta
+    p[:, PARAM_BRIGHT + 1] = 0.6 + 0.8 * u[:, 3]  # contrast factor
+    p[:, PARAM_BRIGHT + 2] = 0.8 + 0.4 * u[:, 4]  # saturation factor
+    p[:, PARAM_BRIGHT + 3] = -0.1 + 0.2 * u[:, 5]  # hue delta
+    p[:, PARAM_ORDER] = order.float()  # op applied at position j
+    p[:, PARAM_GRAY] = (u[:, 1] < 0.2).float()
+    p[:, PARAM_BLUR] = (u[:, 6] < blur_p).float()
+    p[:, PARAM_SIGMA] = 0.1 + 1.9 * u[:, 7]
+    p[:, PARAM_SOLARIZE] = (u[:, 8] < solarize_p).float()
+    return p
 
 
 def make_views(
@@ -139,12 +118,15 @@ def make_views(
     for v in range(2):
         grid = crop_grid(crop_params(len(x), gen), size, x.device)
         view = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
-        if colour:
-            view = photometric(view, gen, BLUR_P[v], SOLARIZE_P[v])
+        if colour:  # the library's batched colour ops (0..255 scale in, normalised out)
+            params = draw_photometric(len(x), gen, BLUR_P[v], SOLARIZE_P[v])
+            view = apply_photometric(view.mul_(255.0), params)
+        else:
+            view = (view - mean) / std
         if maps is None:
             m = torch.zeros(len(x), size, size, dtype=torch.long, device=x.device)
         else:
             m = F.grid_sample(maps[:, None].float(), grid, mode="nearest", align_corners=False)
             m = m[:, 0].round().long()
-        out.append(((view - mean) / std, m))
+        out.append((view, m))
     return out[0][0], out[1][0], out[0][1], out[1][1]
