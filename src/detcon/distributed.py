@@ -188,23 +188,35 @@ class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
         n = stats[-1]
         mean = stats[:c] / n
         var = stats[c : 2 * c] / n - mean * mean
-        if (
-            self.track_running_stats
-            and self.running_mean is not None
-            and self.running_var is not None
-            and self.num_batches_tracked is not None
-        ):  # the three buffers are registered (or set to None) together
-            with torch.no_grad():
-                m = self.momentum if self.momentum is not None else 0.1
-                self.running_mean.lerp_(mean.detach().to(self.running_mean.dtype), m)
-                unbiased = var.detach() * n / max(float(n) - 1.0, 1.0)
-                self.running_var.lerp_(unbiased.to(self.running_var.dtype), m)
-                self.num_batches_tracked.add_(1)
+        update_running_stats_(self, mean, var, n)
         shape = [1, c] + [1] * (x.dim() - 2)
         y = (xf - mean.view(shape)) * torch.rsqrt(var.view(shape) + self.eps)
         if self.affine:
             y = y * self.weight.view(shape) + self.bias.view(shape)
         return y.to(x.dtype)
+
+
+def update_running_stats_(
+    bn: nn.modules.batchnorm._NormBase, mean: torch.Tensor, var: torch.Tensor, n: torch.Tensor
+) -> None:
+    """BatchNorm's running-statistics update from a batch's ``mean`` and biased ``var`` over
+    ``n`` values per channel (the unbiased variance goes into ``running_var``), as torch's
+    BatchNorm does it, momentum None included (a cumulative average). Shared by
+    :class:`GlobalBatchNorm` and :func:`detcon.model.heads.weighted_batch_norm`; nothing
+    happens when the norm tracks no running statistics."""
+    if not (
+        bn.track_running_stats
+        and bn.running_mean is not None
+        and bn.running_var is not None
+        and bn.num_batches_tracked is not None
+    ):  # the three buffers are registered (or set to None) together
+        return
+    with torch.no_grad():
+        bn.num_batches_tracked.add_(1)
+        m = bn.momentum if bn.momentum is not None else 1.0 / float(bn.num_batches_tracked)
+        unbiased = var.detach() * n / (n - 1).clamp_min(1.0)
+        bn.running_mean.lerp_(mean.detach().to(bn.running_mean.dtype), m)
+        bn.running_var.lerp_(unbiased.to(bn.running_var.dtype), m)
 
 
 def convert_sync_batchnorm(module: nn.Module, device: torch.device) -> nn.Module:

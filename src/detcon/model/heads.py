@@ -127,7 +127,10 @@ def weighted_batch_norm(
     is a cross-process norm; eval mode: ``bn(x)`` (running statistics)."""
     if not (bn.training or bn.running_mean is None):
         return bn(x)
-    from detcon.distributed import sum_across_processes  # no torch.distributed at import
+    from detcon.distributed import (  # no torch.distributed at import
+        sum_across_processes,
+        update_running_stats_,
+    )
 
     cross = getattr(bn, "cross_process", False) or isinstance(bn, nn.SyncBatchNorm)
     total = sum_across_processes if cross else (lambda t: t)  # noqa: E731
@@ -137,18 +140,7 @@ def weighted_batch_norm(
     n = sums[-1]
     mean = sums[:-1] / n
     var = total((w * (xf - mean).square()).sum(0)) / n  # two passes: no E[x^2] - E[x]^2
-    if (
-        bn.track_running_stats
-        and bn.running_mean is not None
-        and bn.running_var is not None
-        and bn.num_batches_tracked is not None
-    ):  # the three buffers are registered (or set to None) together
-        with torch.no_grad():
-            bn.num_batches_tracked.add_(1)
-            m = bn.momentum if bn.momentum is not None else 1.0 / float(bn.num_batches_tracked)
-            unbiased = var * n / (n - 1).clamp_min(1.0)
-            bn.running_mean.lerp_(mean.to(bn.running_mean.dtype), m)
-            bn.running_var.lerp_(unbiased.to(bn.running_var.dtype), m)
+    update_running_stats_(bn, mean, var, n)
     y = (xf - mean) * torch.rsqrt(var + bn.eps)
     if bn.affine:
         y = y * bn.weight + bn.bias
