@@ -26,8 +26,8 @@ def plain(text: str | None) -> str:
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
     """Keeps the description's line breaks and appends ``(default: X)`` to every option with
-    help text and a meaningful default (not None, not False of a plain flag, not already
-    mentioned in the help)."""
+    help text and a meaningful default (not None, not a switch's bool, not a required option,
+    not already mentioned in the help)."""
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
@@ -39,6 +39,7 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
             or default is argparse.SUPPRESS
             or isinstance(default, bool)
             or not action.option_strings
+            or action.required
         ):
             return text
         return f"{text} (default: %(default)s)"

@@ -14,6 +14,8 @@ import argparse
 import logging
 import os
 
+from detcon.commands._help import HelpFormatter
+
 DESCRIPTION = """\
 Transfer evaluation of one backbone, taken from --checkpoint CKPT (a detcon pretraining
 checkpoint) or --backbone-weights torchvision|random. Every protocol writes a JSON result
@@ -27,22 +29,6 @@ PROTOCOL_HELP = {
     "segment": "semantic segmentation (PASCAL VOC or Cityscapes layout)",
     "detect": "Mask R-CNN + FPN detection and instance segmentation (COCO layout)",
 }
-
-
-class HelpFormatter(argparse.RawDescriptionHelpFormatter):
-    """Keeps the description's line breaks and appends ``(default: X)`` to every option whose
-    default says something (not to unset options, switches or required options)."""
-
-    def _get_help_string(self, action: argparse.Action) -> str:
-        text = action.help or ""
-        if (
-            "%(default)" in text
-            or action.required
-            or not action.option_strings
-            or any(action.default is v for v in (None, False, True, argparse.SUPPRESS))
-        ):
-            return text
-        return f"{text} (default: %(default)s)"
 
 
 def _common(

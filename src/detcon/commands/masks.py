@@ -576,11 +576,13 @@ def write_skipped(stats: MaskRunStats, root, shard: int = 0, num_shards: int = 1
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
+    from detcon.commands._help import HelpFormatter, plain
+
     p = subparsers.add_parser(
         "masks",
         help="compute region maps (FH, grid, COCO, whole) for a folder of images",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=plain(__doc__),
+        formatter_class=HelpFormatter,
     )
     p.add_argument("data", help="folder of images (searched recursively)")
     p.add_argument("--out", required=True, help="mask cache folder")
