@@ -190,8 +190,9 @@ def _reference_model(arch: str, width: int, fmt: str) -> tuple[nn.Module, str]:
 
 
 def _trunk(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    if hasattr(model, "forward_features"):
-        return model.forward_features(x)
+    features = getattr(model, "forward_features", None)
+    if features is not None:
+        return features(x)
     for name in ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4"):
         x = getattr(model, name)(x)
     return x

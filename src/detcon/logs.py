@@ -39,9 +39,8 @@ def setup_logging(level: int = logging.INFO) -> None:
     """One stderr handler on the ``detcon`` logger, filtered to rank 0; idempotent."""
     logger = logging.getLogger("detcon")
     logger.setLevel(level)
-    if not any(getattr(h, "_detcon", False) for h in logger.handlers):
+    if not any(isinstance(h, _StderrHandler) for h in logger.handlers):
         handler = _StderrHandler()
-        handler._detcon = True
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
         handler.addFilter(RankZeroFilter())
         logger.addHandler(handler)

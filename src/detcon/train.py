@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Generator
 from pathlib import Path
 
 import torch
@@ -70,7 +70,7 @@ def train(cfg: Config, dataset=None, *, overwrite: bool = False) -> dict:
     # ---- networks, optimizer, resume
     state = build_train_state(cfg, plan, device, num_classes(dataset))
     step, loss = 0, float("nan")
-    if resume_ckpt is not None:
+    if resume_ckpt is not None and resume_from is not None:  # select_resume gives both or none
         step, loss = _resume(state, resume_ckpt, resume_from, run_dir)
         del resume_ckpt
     finished_before = resume_from is not None and step >= plan.total_steps
@@ -139,7 +139,7 @@ def train(cfg: Config, dataset=None, *, overwrite: bool = False) -> dict:
 
 def _batches(
     loader, sampler, plan: RunPlan, accum: int, step: int, meter: Throughput, figure: Path | None
-) -> Iterator:
+) -> Generator:
     """The micro-batches of the run from step ``step`` on, epoch after epoch: exactly
     ``steps_per_epoch * grad_accum`` per epoch (a partial last batch group is dropped), the
     first epoch skipping what the steps before ``step`` consumed. Time spent waiting for data

@@ -23,6 +23,9 @@ With the same views and parameters the output equals the per-image path
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 
@@ -49,7 +52,13 @@ __all__ = ["apply_photometric", "augment_on_device", "batched_gaussian_blur", "i
 #: Keys of the per-view parameters in an item / batch of ``augment_on="device"``.
 PARAM_KEYS = {"view_a": "photo_a", "view_b": "photo_b"}
 
-_OPS = (adjust_brightness, adjust_contrast, adjust_saturation, adjust_hue)
+# each takes one factor per image here (a tensor broadcast against the batch)
+_OPS: tuple[Callable[[torch.Tensor, Any], torch.Tensor], ...] = (
+    adjust_brightness,
+    adjust_contrast,
+    adjust_saturation,
+    adjust_hue,
+)
 
 
 def batched_gaussian_blur(x: torch.Tensor, sigma: torch.Tensor, kernel_size: float) -> torch.Tensor:

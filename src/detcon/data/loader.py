@@ -14,6 +14,8 @@ Together they make a resumed run see exactly the batches an uninterrupted run wo
 from __future__ import annotations
 
 import random
+from collections.abc import Sized
+from typing import cast
 
 import numpy as np
 import torch
@@ -50,7 +52,7 @@ class SeededItems(Dataset):
         self.num_masks = num_masks
 
     def __len__(self) -> int:
-        return len(self.inner) * self.repeat
+        return len(cast(Sized, self.inner)) * self.repeat
 
     def __getitem__(self, key):
         epoch, index = key
@@ -61,7 +63,7 @@ class SeededItems(Dataset):
         np.random.seed(s % (2**32))
         torch.manual_seed(s)
         try:
-            item = self.inner[index % len(self.inner)]
+            item = self.inner[index % len(cast(Sized, self.inner))]
         finally:
             random.setstate(saved[0])
             np.random.set_state(saved[1])
@@ -80,7 +82,7 @@ class EpochSampler(DistributedSampler):
 
     def __init__(self, size: int, num_replicas: int, rank: int, seed: int):
         super().__init__(
-            range(size),
+            cast(Dataset, range(size)),  # the sampler only needs len()
             num_replicas=num_replicas,
             rank=rank,
             shuffle=True,

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import functools
 import math
+from typing import Any
 
 import numpy as np
 import torch
@@ -86,7 +87,7 @@ def official_crop_box(
     height: int, width: int, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), generator=None
 ) -> tuple[int, int, int, int]:
     """Official DetCon crop window ``(top, left, h, w)``: rounded, clipped, no rejection."""
-    area = _uniform(*scale, generator) * height * width
+    area = _uniform(scale[0], scale[1], generator) * height * width
     aspect = math.exp(_uniform(math.log(ratio[0]), math.log(ratio[1]), generator))
     w = min(max(1, round(math.sqrt(area * aspect))), width)
     h = min(max(1, round(math.sqrt(area / aspect))), height)
@@ -101,11 +102,12 @@ def torchvision_crop_box(
     """torchvision ``RandomResizedCrop`` window ``(top, left, h, w)`` (10 trials + fallback)."""
     if generator is None:
         dummy = torch.empty(1, height, width, dtype=torch.uint8)  # only .shape is read
-        return tuple(v2.RandomResizedCrop.get_params(dummy, list(scale), list(ratio)))  # type: ignore[arg-type]
+        top, left, h, w = v2.RandomResizedCrop.get_params(dummy, list(scale), list(ratio))
+        return top, left, h, w
     area = height * width
     log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
     for _ in range(10):
-        target = area * _uniform(*scale, generator)
+        target = area * _uniform(scale[0], scale[1], generator)
         aspect = math.exp(_uniform(*log_ratio, generator))
         w = round(math.sqrt(target * aspect))
         h = round(math.sqrt(target / aspect))
@@ -375,6 +377,7 @@ class TwoViewTransform:
             )
         self.augment_on = augment_on
         self._box = official_crop_box if crop == "official" else torchvision_crop_box
+        self.photo: Any  # the two views' colour ops, or None
         if photometric == "torchvision":
             self.photo = [
                 _photometric(image_size, blur_p[i], solarize_p[i], jitter_p, gray_p) for i in (0, 1)
