@@ -49,7 +49,7 @@ try:  # pragma: no cover - exercised by whichever branch the environment has
 
     _HAVE_NUMBA = True
 except Exception:  # pragma: no cover
-    numba = None
+    numba = None  # type: ignore[assignment]
     _HAVE_NUMBA = False
 
 __all__ = ["felzenszwalb_fast", "available", "warmup"]

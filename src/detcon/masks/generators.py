@@ -151,7 +151,7 @@ class FHGenerator(MaskGenerator):
         ratio = self.max_side / max(h, w)
         sh, sw = max(1, round(h * ratio)), max(1, round(w * ratio))
         small = np.asarray(
-            Image.fromarray(image).resize((sw, sh), Image.BILINEAR, reducing_gap=None)
+            Image.fromarray(image).resize((sw, sh), Image.Resampling.BILINEAR, reducing_gap=None)
         )
         # min_size is an area in pixels: scale it with the area ratio.
         min_size = scaled_min_size(self.min_size, (h, w), (sh, sw))

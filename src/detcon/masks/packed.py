@@ -42,6 +42,7 @@ import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 
@@ -72,7 +73,7 @@ DEFAULT_PART_SIZE = 4096
 CODECS = {"raw": 0, "zlib": 1}
 _CODEC_NAMES = {v: k for k, v in CODECS.items()}
 #: storage dtype <-> its code in the index (the item size)
-_DTYPES = {1: np.dtype("<u1"), 2: np.dtype("<u2"), 4: np.dtype("<i4")}
+_DTYPES: dict[int, np.dtype] = {1: np.dtype("<u1"), 2: np.dtype("<u2"), 4: np.dtype("<i4")}
 _ZLIB_LEVEL = 6  # np.savez_compressed's level; FH maps of 140k px: ~65x smaller, ~1 ms
 
 #: One row per stored map. ``h1, h2``: the first 16 bytes of sha1(key) (the per-file layout's
@@ -322,6 +323,12 @@ class PartInfo:
     mtime_ns: int
     keys: list[str] | None = None
 
+    def key_list(self) -> list[str]:
+        """The keys, which ``read_part(..., keys=True)`` reads."""
+        if self.keys is None:
+            raise ValueError(f"{self.path}: keys not read (read_part(..., keys=True))")
+        return self.keys
+
 
 def _read_footer(fd: int, path: Path, size: int) -> tuple:
     if size < len(MAGIC) + FOOTER.size:
@@ -566,7 +573,7 @@ class PackedMaskCache(MaskCache):
                 f"not {self.name}{self.params}"
             )
         self._parts = {
-            _part_number(p["name"]): (self.folder / p["name"], bytes.fromhex(p["uid"]))
+            cast(int, _part_number(p["name"])): (self.folder / p["name"], bytes.fromhex(p["uid"]))
             for p in man["parts"]
         }
         return index
@@ -583,8 +590,9 @@ class PackedMaskCache(MaskCache):
         """Index rows whose key hash is the image's (normally one; none when absent)."""
         index = self._load()
         h1, h2 = key_hash(self.key(image_path))
-        lo = int(np.searchsorted(self._h1, h1, side="left"))
-        hi = int(np.searchsorted(self._h1, h1, side="right"))
+        h1s = cast(np.ndarray, self._h1)  # set by _load()
+        lo = int(np.searchsorted(h1s, h1, side="left"))
+        hi = int(np.searchsorted(h1s, h1, side="right"))
         rows = index[lo:hi]
         return rows[rows["h2"] == h2]
 
@@ -677,7 +685,7 @@ class PackedMaskCache(MaskCache):
         """Metadata of every entry, part by part (reads each part's keys)."""
         for p in part_files(self.folder).values():
             info = read_part(p, keys=True)
-            for key, row in zip(info.keys, info.index, strict=True):
+            for key, row in zip(info.key_list(), info.index, strict=True):
                 yield {
                     "image": key,
                     "size": [int(row["height"]), int(row["width"])],

@@ -83,11 +83,10 @@ def _plan_existing(cache: PackedMaskCache, plan: PartPlan) -> bool:
     if (meta["generator"], meta["params"]) != (cache.name, cache.params):
         return False
     skipped = {key for key, _ in meta["skipped"]}
-    if len(info.keys) + len(skipped) != len(plan.keys) or set(info.keys) | skipped != set(
-        plan.keys
-    ):
+    keys = info.key_list()
+    if len(keys) + len(skipped) != len(plan.keys) or set(keys) | skipped != set(plan.keys):
         return False  # another listing (images added or removed, another part size)
-    rows = dict(zip(info.keys, info.index, strict=True))
+    rows = dict(zip(keys, info.index, strict=True))
     for p, key in zip(plan.paths, plan.keys, strict=True):
         if key in rows:
             if not _fresh(rows[key], p):

@@ -101,7 +101,7 @@ def _select(obj: Any, which: str) -> tuple[dict[str, dict[str, Any]], list[str]]
 # --------------------------------------------------------------------------- name mapping
 
 # (blocks per group, bottleneck) -> our backbone name
-_ARCHS = {
+_ARCHS: dict[tuple[tuple[int, ...], bool], str] = {
     ((2, 2, 2, 2), False): "resnet18",
     ((3, 4, 6, 3), False): "resnet34",
     ((3, 4, 6, 3), True): "resnet50",
@@ -323,7 +323,7 @@ def _build(arch: str, width: int, layer1_projection: bool) -> nn.Module:
 
     net = build_backbone(arch, width_multiplier=width, padding="same")
     if layer1_projection:
-        first = net.layer1[0]
+        first: Any = net.layer1[0]  # a torchvision BasicBlock
         cin, cout = first.conv1.in_channels, first.conv2.out_channels
         first.downsample = nn.Sequential(conv1x1(cin, cout, 1), nn.BatchNorm2d(cout))
     return net
@@ -497,6 +497,7 @@ def to_checkpoint(path: str | os.PathLike) -> dict:
             if conv[head] is not None:
                 state.update({f"{head}.{k}": v for k, v in conv[head].items()})
         nets[which], info = state, conv if info is None else info
+    assert info is not None  # the online network converted, or raised above
     return {
         "format_version": checkpoint.FORMAT_VERSION,
         "kind": "detcon-import",

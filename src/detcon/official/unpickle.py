@@ -33,7 +33,7 @@ def _numpy_attr(name: str) -> Any:
     try:
         from numpy._core import multiarray
     except ImportError:  # numpy < 2
-        from numpy.core import multiarray
+        from numpy.core import multiarray  # type: ignore[no-redef]
     return getattr(multiarray, name)
 
 
@@ -250,7 +250,7 @@ def safe_load_official(path: str | os.PathLike) -> Any:
         elif version == (2, 0):
             _, _, dtype = np.lib.format.read_array_header_2_0(f)
         else:
-            _, _, dtype = np.lib.format._read_array_header(f, version)
+            _, _, dtype = np.lib.format._read_array_header(f, version)  # type: ignore[attr-defined]
         if not dtype.hasobject:
             f.seek(0)
             return np.lib.format.read_array(f, allow_pickle=False)
