@@ -185,6 +185,51 @@ def test_summary_best_lr_paired_difference_and_go():
     assert summ["steps_to_byol"]["DetCon_B (GT)"]["reid"]["steps"] is None
 
 
+def test_go_verdict_at_the_best_lr_gates_and_marks_the_comparisons():
+    s = eff.dataclasses.replace(
+        eff.SETTINGS["cpu"],
+        steps=64,
+        seeds=(0, 1),
+        lrs=(1.0, 4.0),
+        shared_lr=1.0,
+        arms=("BYOL", "DetCon_B (GT)"),
+    )
+    # finals on seed 0: BYOL 0.40 at lr 1 (shared), 0.45 at lr 4 (best); DetCon_B 0.50 / 0.55.
+    # A floor of 0.41 fails BYOL at the shared lr (margin -0.01) and passes it at its best lr
+    # (+0.04); a floor of 0.43 fails it at the best lr too (+0.02 < 0.03).
+    floors = {sd: {m: 0.41 for m in eff.METRICS} for sd in s.seeds}
+    summ = eff.summarise(s, _fake_results(s), floors)
+    assert not summ["go_no_go"]["BYOL"]["go"] and summ["go_no_go"]["BYOL"]["lr"] == 1.0
+    best = summ["go_no_go_best"]["BYOL"]
+    assert best["go"] and best["lr"] == 4.0 and best["margin"]["reid"] == pytest.approx(0.04)
+    text = eff.report_text(s, "t", summ, None, None, 1.0, True)
+    assert "every arm cleared the floor" in text and "(no-go)" not in text
+    floors = {sd: {m: 0.43 for m in eff.METRICS} for sd in s.seeds}
+    summ = eff.summarise(s, _fake_results(s), floors)
+    assert not summ["go_no_go_best"]["BYOL"]["go"] and summ["go_no_go_best"]["DetCon_B (GT)"]["go"]
+    text = eff.report_text(s, "t", summ, None, None, 1.0, True)
+    assert "**no-go** for BYOL" in text
+    assert "| BYOL (no-go) | 4 |" in text and "| DetCon_B (GT) | 4 |" in text
+    # the appendix lists every evaluation of every run: BYOL lr 4 seed 1 at its last budget
+    text = eff.report_text(s, "t", summ, None, None, 1.0, True, runs=_fake_results(s))
+    rows = [r for r in text.splitlines() if r.startswith("| BYOL | 4 | 1 | 64 | 64 |")]
+    assert len(rows) == 1 and rows[0].split(" | ")[6] == "46.0"  # 0.30 + 0.05 + 0.1 + 0.01
+
+
+def test_work_folder_refuses_runs_of_another_setting(tmp_path):
+    s = eff.SETTINGS["cpu"]
+    eff.check_work_setting(tmp_path, s)
+    eff.check_work_setting(tmp_path, s)  # same values: fine
+    # scheduling fields may change: the finished runs stay valid
+    eff.check_work_setting(tmp_path, eff.dataclasses.replace(s, seeds=(0,), lrs=(1.0, 3.0)))
+    with pytest.raises(ValueError, match="differs in precision, steps"):
+        eff.check_work_setting(tmp_path, eff.dataclasses.replace(s, steps=99, precision="fp32"))
+    old = tmp_path / "old"
+    (old / "runs" / "byol_lr8_s0").mkdir(parents=True)
+    with pytest.raises(ValueError, match="no setting.json"):
+        eff.check_work_setting(old, s)
+
+
 def test_setting_overrides_and_plan():
     s, done = eff.apply_overrides(eff.SETTINGS["cpu"], ["steps=96", "shared_lr=2"])
     assert s.steps == 96 and s.shared_lr == 2.0 and done == [("steps", "96"), ("shared_lr", "2")]
