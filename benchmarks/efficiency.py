@@ -125,7 +125,7 @@ SETTINGS = {
     # autocast: on a CPU with AMX (this project's machines) a DetCon_B step takes 0.51 s against
     # 0.65 s in fp32 (2 quiet cores, 20 steps); a final evaluation takes about 20 s. The first
     # version swept lrs (2, 8, 32): 32 was the worst value for every arm and the optimum lay
-    # between 2 and 8, hence (1, 3, 9).
+    # between 2 and 8, hence (1, 3, 9). Measured end to end: 68 min on 2 cores (4,073 s).
     "cpu": Setting(
         scene_size=96,
         n_train=2400,
@@ -160,8 +160,8 @@ SETTINGS = {
         batch_size=512,
         steps=800,
         seeds=(0, 1, 2),
-        lrs=(1.0, 4.0, 16.0),
-        shared_lr=4.0,
+        lrs=(1.0, 3.0, 9.0),  # the cpu sweep's values (base lr per 256 images, scaled by batch)
+        shared_lr=3.0,
         arms=tuple(a[0] for a in ARMS),
         fh=(200.0, 70),
         linear=(30, 128, 0.1),
@@ -1091,6 +1091,8 @@ def main(argv=None) -> int:
         s = toy(s)
     if args.seeds:
         s = dataclasses.replace(s, seeds=tuple(args.seeds))
+    if args.pilot:  # the pilot runs the first seed only; the report says so
+        s = dataclasses.replace(s, seeds=s.seeds[:1])
     if args.arms:
         bad = [a for a in args.arms if a not in ARM]
         if bad:
