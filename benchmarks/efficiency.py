@@ -680,8 +680,14 @@ def summarise(s: Setting, results: list[dict], floors: dict[int, dict]) -> dict:
         for arm in s.arms
     }
     out["best_lr"] = best
+    # the curves at each arm's best lr; a pilot alone (no arm's sweep complete) has its curves
+    # at the shared lr instead, and says so
+    curve_lr = best or {
+        arm: s.shared_lr for arm in s.arms if any(k[:2] == (arm, s.shared_lr) for k in by)
+    }
+    out["curves_lr"] = "best" if best else "shared"
     curves = {}
-    for arm, lr in best.items():
+    for arm, lr in curve_lr.items():
         runs = [by[(arm, lr, sd)] for sd in s.seeds if (arm, lr, sd) in by]
         cell = {}
         for st in budget_steps(s):
@@ -825,7 +831,9 @@ def report_text(
             )
     L += [
         "",
-        "## Each arm at its best lr: end of run, mean ± 95% CI over seeds (n)",
+        "## Each arm at its best lr: end of run, mean ± 95% CI over seeds (n)"
+        if summ.get("curves_lr", "best") == "best"
+        else "## Each arm at the shared lr (pilot, no sweep): end of run, mean ± 95% CI over seeds (n)",
         "",
         "| arm | lr | " + " | ".join(METRICS.values()) + " | loop s |",
         "|---|---|" + "---|" * (len(METRICS) + 1),

@@ -342,3 +342,27 @@ def test_dry_run_end_to_end(tmp_path, monkeypatch):
     # rerunning reuses every run (nothing retrained): the same results
     assert eff.main(args) == 0
     assert json.loads((out / "results.json").read_text())["runs"] == doc["runs"]
+
+
+def test_a_pilot_alone_has_its_curves_at_the_shared_lr():
+    s = eff.dataclasses.replace(
+        eff.SETTINGS["cpu"],
+        steps=64,
+        seeds=(0,),
+        lrs=(1.0, 4.0),
+        shared_lr=1.0,
+        arms=("BYOL", "DetCon_B (GT)"),
+    )
+    pilot = [r for r in _fake_results(s) if r["lr"] == 1.0 and r["seed"] == 0]
+    summ = eff.summarise(s, pilot, {0: {m: 0.2 for m in eff.METRICS}})
+    assert summ["best_lr"] == {} and summ["curves_lr"] == "shared"
+    assert set(summ["curves"]) == {"BYOL", "DetCon_B (GT)"}
+    # DetCon_B at 16 steps (0.40 + 0.025) is above BYOL's final 0.40: at most 1/4 of the run
+    assert summ["steps_to_byol"]["DetCon_B (GT)"]["reid"]["kind"] == "at most"
+    text = eff.report_text(s, "t", summ, None, None, 1.0, True)
+    assert "## Each arm at the shared lr (pilot, no sweep)" in text
+    # with a complete sweep the curves are at the best lr
+    assert (
+        eff.summarise(s, _fake_results(s), {0: {m: 0.2 for m in eff.METRICS}})["curves_lr"]
+        == "best"
+    )
