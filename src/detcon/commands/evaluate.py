@@ -13,6 +13,8 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+from collections.abc import Callable
+from typing import Any
 
 from detcon.commands._help import HelpFormatter
 
@@ -217,6 +219,7 @@ def run(args) -> int:
 
     setup_logging()  # the one logging set-up (rank-0 filter, survives a closed pipe)
     cfg = config_from_args(args, workers=_available_workers(args.workers))
+    job: Callable[[Any], dict | None]
     if args.protocol == "linear":
         from detcon.evaluation.linear import run_linear as job
     elif args.protocol == "knn":

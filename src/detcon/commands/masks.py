@@ -22,6 +22,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -145,7 +146,7 @@ def _process(path: str) -> tuple[str, str, int | str]:
     if cached is not None:
         return path, "reused", int(cached.max(initial=0)) + 1
     status, value = _make_map(path)
-    if status == "skipped":
+    if isinstance(value, str):  # skipped, with the reason
         return path, status, value
     cache.put(path, value)
     return path, "computed", int(value.max(initial=0)) + 1
@@ -155,9 +156,9 @@ def _process(path: str) -> tuple[str, str, int | str]:
 class _PackedJob:
     """What a worker needs to encode maps for a packed cache (picklable: no open files)."""
 
-    cache: object  # PackedMaskCache (keys)
+    cache: Any  # PackedMaskCache (keys)
     codec: str
-    files: object = None  # the per-file cache of the same generator (converted entries)
+    files: Any = None  # the per-file cache of the same generator (converted entries)
 
 
 def _process_packed(path: str) -> tuple:
@@ -176,7 +177,7 @@ def _process_packed(path: str) -> tuple:
     labels, status = job.files.get(path, dtype=None), "reused"
     if labels is None:
         status, labels = _make_map(path)
-        if status == "skipped":
+        if isinstance(labels, str):  # skipped, with the reason
             return path, status, labels, None
         status = "computed"
     rec = encode_map(job.cache.key(path), labels, st, job.codec)
@@ -387,11 +388,11 @@ def build_method(args):
         return GridGenerator(args.grid, args.grid)
     if args.method == "whole":
         return WholeImageGenerator()
-    from detcon.masks.source import GroundTruth, parse_mask_source
+    from detcon.masks.source import CacheFolder, GroundTruth, parse_mask_source
 
     source = parse_mask_source(args.method)  # slic, quickshift, ..., module:function, coco
     if not isinstance(source, GroundTruth):
-        if not hasattr(source, "build"):
+        if isinstance(source, CacheFolder):
             raise SystemExit(f"error: --method {args.method!r} is a folder, not a generator")
         return source.build()
     from detcon.masks.coco import CocoMasks

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
 __all__ = ["add_parser", "run", "pick"]
 
@@ -48,7 +49,7 @@ def run(args) -> int:
         ds = ImageListDataset(files, args.masks, transform, data_root=data_root)
     except (ValueError, FileNotFoundError) as err:
         raise SystemExit(f"error: {err}") from None
-    samples = []
+    samples: list[tuple[str, Any, Any]] = []
     for i in pick(len(files), args.num, args.random, args.seed):
         if len(samples) == args.num:
             break

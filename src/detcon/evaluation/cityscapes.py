@@ -15,6 +15,7 @@ transforms and the segmentation training / evaluation code apply unchanged.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -162,7 +163,7 @@ class CityscapesSegmentation(torch.utils.data.Dataset):
         return img, target
 
 
-def detect_layout(root: str | Path) -> str:
+def detect_layout(root: str | os.PathLike) -> str:
     """``"cityscapes"`` if ``root/leftImg8bit`` exists, ``"voc"`` if ``root/JPEGImages`` does;
     an error naming both expected folders when neither (or both) is found."""
     root = Path(root)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -46,7 +47,7 @@ def build_mask_rcnn(
 
     if frozen_bn:
         backbone = _freeze_bn(backbone, FrozenBatchNorm2d)
-    c = backbone.out_channels
+    c = int(cast(Any, backbone).out_channels)  # a ResNet trunk's channel count
     fpn = BackboneWithFPN(
         backbone,
         return_layers={"layer1": "0", "layer2": "1", "layer3": "2", "layer4": "3"},
@@ -151,9 +152,9 @@ def evaluate_detection(model: nn.Module, dataset, device) -> dict:
         outputs = model([im.to(device) for im in images])
         results += predictions_to_coco(outputs, [t["image_id"] for t in targets], dataset.cat_ids)
     if dist.is_dist():
-        gathered = [None] * dist.world_size()
+        gathered: list[list | None] = [None] * dist.world_size()
         torch.distributed.all_gather_object(gathered, results)
-        results = [r for part in gathered for r in part]
+        results = [r for part in gathered for r in part or []]
     return coco_evaluate(dataset.coco, results) if dist.is_main() else {}
 
 
@@ -174,7 +175,9 @@ def _train_loader(dataset, batch_size: int, workers: int, seed: int):
     per_rank = batch_size // dist.world_size()
     if per_rank < 1 or per_rank * dist.world_size() != batch_size:
         raise ValueError(f"--batch-size {batch_size} must be a multiple of {dist.world_size()}")
-    sampler = torch.utils.data.DistributedSampler(dataset, seed=seed) if dist.is_dist() else None
+    sampler: torch.utils.data.DistributedSampler | None = (
+        torch.utils.data.DistributedSampler(dataset, seed=seed) if dist.is_dist() else None
+    )
     loader = DataLoader(
         dataset,
         batch_size=per_rank,

@@ -7,7 +7,9 @@ eval mode (BN running statistics) on a deterministic centre crop: resize the sho
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -53,7 +55,7 @@ def extract_features(
     return torch.cat(feats), torch.cat(labels)
 
 
-def image_folder(root: str | Path, split: str, size: int):
+def image_folder(root: str | os.PathLike, split: str, size: int):
     """``torchvision.datasets.ImageFolder`` on ``root/split`` with :func:`eval_transform`."""
     from torchvision.datasets import ImageFolder
 
@@ -65,7 +67,7 @@ def image_folder(root: str | Path, split: str, size: int):
 
 def image_folder_features(
     backbone: nn.Module,
-    root: str | Path,
+    root: str | os.PathLike,
     *,
     image_size: int,
     batch_size: int,
@@ -77,11 +79,11 @@ def image_folder_features(
     Returns ``{"train": (F[N,C], y[N]), "val": (F[M,C], y[M]), "num_classes": int,
     "classes": list[str]}``.
     """
-    out = {}
-    classes = None
+    out: dict[str, Any] = {}
+    classes: list[str] = []
     for split in ("train", "val"):
         ds = image_folder(root, split, image_size)
-        if classes is None:
+        if split == "train":
             classes = ds.classes
         elif ds.classes != classes:
             raise ValueError(f"train/ and val/ class folders differ: {classes} vs {ds.classes}")

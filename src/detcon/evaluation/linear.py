@@ -73,6 +73,9 @@ def train_linear_probe(
 class Standardize(nn.Module):
     """``(x - mean) / std`` with fixed per-channel statistics (buffers)."""
 
+    mean: torch.Tensor
+    std: torch.Tensor
+
     def __init__(self, mean: torch.Tensor, std: torch.Tensor):
         super().__init__()
         self.register_buffer("mean", mean.detach().clone())

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import math
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -59,7 +60,7 @@ class SegmentationModel(nn.Module):
             raise ValueError(f"mode must be 'linear' or 'finetune', got {mode!r}")
         self.mode = mode
         self.backbone = backbone
-        channels = backbone.out_channels
+        channels = int(cast(Any, backbone).out_channels)  # a ResNet trunk's channel count
         if mode == "linear":
             backbone.requires_grad_(False)
             # per-channel standardisation of the frozen features (BN without affine, running
@@ -159,6 +160,7 @@ def resolve_dataset(cfg: SegmentEvalConfig) -> tuple[str, type, int]:
     ``cfg.dataset`` or detected from ``cfg.data``; the class count is ``cfg.num_classes`` or
     the layout's (21 VOC, 19 Cityscapes, which admits no other count)."""
     layout = cfg.dataset or detect_layout(cfg.data)
+    dataset_cls: type[CityscapesSegmentation] | type[VOCSegmentation]
     if layout == "cityscapes":
         dataset_cls, default_classes = CityscapesSegmentation, CITYSCAPES_CLASSES
     elif layout == "voc":
