@@ -651,16 +651,16 @@ def summarise(s: Setting, results: list[dict], floors: dict[int, dict]) -> dict:
     out = {"floor": floor_mean, "floor_per_seed": {str(k): v for k, v in floors.items()}}
     best = best_lrs(s, results)
 
-    def go_rows(lr_of) -> dict:
+    def go_rows(lr_of: dict[str, float]) -> dict:
         rows = {}
-        for arm in s.arms:
-            r = by.get((arm, lr_of(arm), seed0))
+        for arm, lr in lr_of.items():
+            r = by.get((arm, lr, seed0))
             if not r or r["evals"][-1]["step"] != s.steps or seed0 not in floors:
                 continue
             fin, fl = r["evals"][-1], floors[seed0]
             margins = {m: fin[m] - fl[m] for m in OBJECT_METRICS}
             rows[arm] = {
-                "lr": lr_of(arm),
+                "lr": lr,
                 "final": {m: fin[m] for m in OBJECT_METRICS},
                 "floor": {m: fl[m] for m in OBJECT_METRICS},
                 "margin": margins,
@@ -671,8 +671,8 @@ def summarise(s: Setting, results: list[dict], floors: dict[int, dict]) -> dict:
     # the pilot (every arm at the shared lr) and the verdict that gates the comparisons: each
     # arm at its own best lr, so that an arm whose loss scale the shared lr does not suit (the
     # gradient-scale confound) is judged on what it can learn, not on the shared value
-    out["go_no_go"] = go_rows(lambda arm: s.shared_lr)
-    out["go_no_go_best"] = go_rows(lambda arm: best.get(arm, float("nan")))
+    out["go_no_go"] = go_rows(dict.fromkeys(s.arms, s.shared_lr))
+    out["go_no_go_best"] = go_rows(best)
     out["sweep"] = {
         arm: {
             f"{lr:g}": by[(arm, lr, seed0)]["evals"][-1] for lr in s.lrs if (arm, lr, seed0) in by
@@ -1036,7 +1036,7 @@ SCHEDULING_FIELDS = ("seeds", "arms", "lrs", "shared_lr", "threads", "workers", 
 def check_work_setting(work: Path, s: Setting) -> None:
     """Record the setting in ``work/setting.json``, or refuse a work folder whose finished runs
     were made with other values (a resumed run must not mix two settings)."""
-    want = {k: v for k, v in json.loads(json.dumps(dataclasses.asdict(s))).items()}
+    want = json.loads(json.dumps(dataclasses.asdict(s)))  # tuples as lists, as read back
     for k in SCHEDULING_FIELDS:
         want.pop(k)
     path = work / "setting.json"

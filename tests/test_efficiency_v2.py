@@ -154,15 +154,20 @@ def _fake_results(s):
     return recs
 
 
-def test_summary_best_lr_paired_difference_and_go():
-    s = eff.dataclasses.replace(
+def _two_arm_setting(seeds):
+    """BYOL and DetCon_B (GT), 64 steps, lrs 1 and 4 (1 shared): the shape _fake_results fills."""
+    return eff.dataclasses.replace(
         eff.SETTINGS["cpu"],
         steps=64,
-        seeds=(0, 1),
+        seeds=seeds,
         lrs=(1.0, 4.0),
         shared_lr=1.0,
         arms=("BYOL", "DetCon_B (GT)"),
     )
+
+
+def test_summary_best_lr_paired_difference_and_go():
+    s = _two_arm_setting(seeds=(0, 1))
     floors = {sd: {m: 0.2 for m in eff.METRICS} for sd in s.seeds}
     summ = eff.summarise(s, _fake_results(s), floors)
     assert summ["best_lr"] == {"BYOL": 4.0, "DetCon_B (GT)": 4.0}
@@ -186,14 +191,7 @@ def test_summary_best_lr_paired_difference_and_go():
 
 
 def test_go_verdict_at_the_best_lr_gates_and_marks_the_comparisons():
-    s = eff.dataclasses.replace(
-        eff.SETTINGS["cpu"],
-        steps=64,
-        seeds=(0, 1),
-        lrs=(1.0, 4.0),
-        shared_lr=1.0,
-        arms=("BYOL", "DetCon_B (GT)"),
-    )
+    s = _two_arm_setting(seeds=(0, 1))
     # finals on seed 0: BYOL 0.40 at lr 1 (shared), 0.45 at lr 4 (best); DetCon_B 0.50 / 0.55.
     # A floor of 0.41 fails BYOL at the shared lr (margin -0.01) and passes it at its best lr
     # (+0.04); a floor of 0.43 fails it at the best lr too (+0.02 < 0.03).
@@ -345,14 +343,7 @@ def test_dry_run_end_to_end(tmp_path, monkeypatch):
 
 
 def test_a_pilot_alone_has_its_curves_at_the_shared_lr():
-    s = eff.dataclasses.replace(
-        eff.SETTINGS["cpu"],
-        steps=64,
-        seeds=(0,),
-        lrs=(1.0, 4.0),
-        shared_lr=1.0,
-        arms=("BYOL", "DetCon_B (GT)"),
-    )
+    s = _two_arm_setting(seeds=(0,))
     pilot = [r for r in _fake_results(s) if r["lr"] == 1.0 and r["seed"] == 0]
     summ = eff.summarise(s, pilot, {0: {m: 0.2 for m in eff.METRICS}})
     assert summ["best_lr"] == {} and summ["curves_lr"] == "shared"
